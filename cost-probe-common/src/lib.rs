@@ -1,0 +1,178 @@
+//! Types shared by the eBPF program and the userspace agent.
+//!
+//! Every struct is `#[repr(C)]`, made of fixed-width integers only, with explicit padding, and has
+//! a compile-time size assertion: the kernel writes these bytes and userspace reads them, so the
+//! layout is an ABI.
+#![cfg_attr(target_arch = "bpf", no_std)]
+
+/// Bytes copied from the start of each payload: request line and headers, status line and
+/// framing headers, the start of a JSON body (`"model"`).
+pub const HEAD_LEN: usize = 512;
+/// Bytes copied from the end of each payload: the terminal chunk, `data: [DONE]`, and a `usage`
+/// object followed by llama.cpp's `timings` object in the last chunk.
+pub const TAIL_LEN: usize = 384;
+/// iovecs walked to find the end of a vectored write (for its tail).
+pub const MAX_IOV: usize = 8;
+
+/// What a ring-buffer record describes. Stored as `u16` in [`EventHeader::kind`].
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A TCP connection was accepted ([`ConnEvent`]).
+    Accept = 1,
+    /// Bytes received on a traced connection ([`DataEvent`]).
+    Read = 2,
+    /// Bytes sent on a traced connection ([`DataEvent`]).
+    Write = 3,
+    /// A traced connection was closed ([`EventHeader`] only).
+    Close = 4,
+    /// A traced process (thread-group leader) exited ([`EventHeader`] only).
+    ProcExit = 5,
+    /// A traced process forked a new process ([`ProcEvent`]).
+    Fork = 6,
+}
+
+impl EventKind {
+    #[must_use]
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::Accept,
+            2 => Self::Read,
+            3 => Self::Write,
+            4 => Self::Close,
+            5 => Self::ProcExit,
+            6 => Self::Fork,
+            _ => return None,
+        })
+    }
+}
+
+/// Which syscall produced a [`DataEvent`]; informational (the span builder only needs direction).
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Read = 1,
+    Readv = 2,
+    Recvfrom = 3,
+    Recvmsg = 4,
+    Write = 5,
+    Writev = 6,
+    Sendto = 7,
+    Sendmsg = 8,
+    Sendfile = 9,
+    Accept = 10,
+    Accept4 = 11,
+}
+
+/// Common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) at the syscall's exit.
+    pub ts_ns: u64,
+    /// Identity of the connection across fd reuse: the accept timestamp, or 0 for process events.
+    pub conn_id: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The connection's fd, or -1 for process events.
+    pub fd: i32,
+    /// An [`EventKind`].
+    pub kind: u16,
+    /// A [`Syscall`], or 0.
+    pub syscall: u16,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
+
+/// A read or write on a traced connection, with a bounded copy of its head and tail.
+///
+/// The payload covers stream bytes `[0, len)` of this syscall: `head[..head_len]` are bytes
+/// `[0, head_len)` and `tail[..tail_len]` are bytes `[len - tail_len, len)`. When
+/// `len <= HEAD_LEN` the tail is empty; a vectored call's head comes from its first iovec and
+/// its tail from the iovec holding its last byte, so either may be shorter than the payload.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub hdr: EventHeader,
+    /// Bytes transferred (the syscall's return value).
+    pub len: u64,
+    pub head_len: u16,
+    pub tail_len: u16,
+    pub _pad: u32,
+    pub head: [u8; HEAD_LEN],
+    pub tail: [u8; TAIL_LEN],
+}
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + HEAD_LEN + TAIL_LEN);
+
+/// A TCP connection accepted by a traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub hdr: EventHeader,
+    /// `AF_INET`, `AF_INET6`, or 0 when the server passed no address buffer to accept.
+    pub family: u16,
+    /// Peer port, host byte order.
+    pub peer_port: u16,
+    /// The listening socket's fd.
+    pub listen_fd: i32,
+    /// Peer address: 4 bytes for IPv4, 16 for IPv6, network order.
+    pub peer_addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 56);
+
+/// A traced process forked: the child is traced too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcEvent {
+    pub hdr: EventHeader,
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);
+
+/// Key of the kernel's connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+
+/// Tracepoint field offsets read from tracefs `format` files by userspace and written into the
+/// program's globals before load (never hard-coded in the kernel side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpOffsets {
+    /// Offset of the first syscall argument in `syscalls:sys_enter_*` records.
+    pub enter_args: u32,
+    /// Offset of `ret` in `syscalls:sys_exit_*` records.
+    pub exit_ret: u32,
+    /// Offset of `child_pid` in `sched:sched_process_fork`.
+    pub fork_child_pid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TpOffsets>() == 16);
+
+impl TpOffsets {
+    /// The layout of kernels 4.x–6.x on 64-bit architectures; only a starting value.
+    pub const DEFAULT: Self = Self {
+        enter_args: 16,
+        exit_ret: 16,
+        fork_child_pid: 44,
+        _pad: 0,
+    };
+}
+
+/// Ring buffer size in bytes (power of two, multiple of the page size).
+pub const RING_BYTES: u32 = 16 << 20;
+/// Submit without waking the consumer until this much data is waiting; the consumer also polls
+/// on a short timer, so a quiet connection is never delayed by more than that period.
+pub const WAKEUP_BYTES: u64 = 256 << 10;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), made of integers and integer arrays, with no padding
+    // (checked by the size assertions above), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::TpOffsets {}
+}

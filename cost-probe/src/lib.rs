@@ -1,0 +1,5 @@
+//! cost-probe: per-request energy and cost for inference servers, from eBPF syscall tracing.
+//!
+//! Modules follow the data path: `probe` (kernel events) → `spans` (requests) → `energy`
+//! (samples) → `attribution` (joules per request) → `pricing` (dollars, CO2) → `output` (sinks).
+pub mod units;
