@@ -47,23 +47,6 @@ impl EventKind {
     }
 }
 
-/// Which syscall produced a [`DataEvent`]; informational (the span builder only needs direction).
-#[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Syscall {
-    Read = 1,
-    Readv = 2,
-    Recvfrom = 3,
-    Recvmsg = 4,
-    Write = 5,
-    Writev = 6,
-    Sendto = 7,
-    Sendmsg = 8,
-    Sendfile = 9,
-    Accept = 10,
-    Accept4 = 11,
-}
-
 /// Common prefix of every ring-buffer record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -78,7 +61,7 @@ pub struct EventHeader {
     pub fd: i32,
     /// An [`EventKind`].
     pub kind: u16,
-    /// A [`Syscall`], or 0.
+    /// The syscall number (`__syscall_nr`) that produced the event, or 0 for process events.
     pub syscall: u16,
 }
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
@@ -149,7 +132,8 @@ pub struct TpOffsets {
     pub exit_ret: u32,
     /// Offset of `child_pid` in `sched:sched_process_fork`.
     pub fork_child_pid: u32,
-    pub _pad: u32,
+    /// Offset of `__syscall_nr` in `syscalls:sys_enter_*` records.
+    pub enter_nr: u32,
 }
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 16);
 
@@ -159,7 +143,7 @@ impl TpOffsets {
         enter_args: 16,
         exit_ret: 16,
         fork_child_pid: 44,
-        _pad: 0,
+        enter_nr: 8,
     };
 }
 

@@ -3,3 +3,4 @@
 //! Modules follow the data path: `probe` (kernel events) → `spans` (requests) → `energy`
 //! (samples) → `attribution` (joules per request) → `pricing` (dollars, CO2) → `output` (sinks).
 pub mod units;
+pub mod probe;

@@ -1,0 +1,354 @@
+//! Decoding ring-buffer records, and an owned form of them for recorded fixtures.
+use std::{
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use cost_probe_common::{ConnEvent, DataEvent, EventHeader, EventKind};
+use serde::{Deserialize, Serialize};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Identity of a connection: the process, its fd, and the accept time (fds are reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnId {
+    pub tgid: u32,
+    pub fd: i32,
+    pub id: u64,
+}
+
+/// A decoded event, borrowing payload bytes from the ring buffer.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    Accept {
+        ts: u64,
+        conn: ConnId,
+        peer: Option<SocketAddr>,
+        listen_fd: i32,
+        /// The kernel could not tell the socket family (no address buffer was passed).
+        family_unknown: bool,
+    },
+    Data {
+        ts: u64,
+        conn: ConnId,
+        dir: Direction,
+        len: u64,
+        head: &'a [u8],
+        tail: &'a [u8],
+    },
+    Close {
+        ts: u64,
+        conn: ConnId,
+    },
+    ProcExit {
+        ts: u64,
+        tgid: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Bytes the server received.
+    In,
+    /// Bytes the server sent.
+    Out,
+}
+
+impl Event<'_> {
+    #[must_use]
+    pub fn ts(&self) -> u64 {
+        match *self {
+            Event::Accept { ts, .. }
+            | Event::Data { ts, .. }
+            | Event::Close { ts, .. }
+            | Event::ProcExit { ts, .. } => ts,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u16),
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked above; T is a repr(C) integer-only type for which every bit
+    // pattern is valid; read_unaligned copes with any alignment.
+    Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+fn conn_of(h: &EventHeader) -> ConnId {
+    ConnId {
+        tgid: h.tgid,
+        fd: h.fd,
+        id: h.conn_id,
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let h: EventHeader = read(bytes)?;
+    let kind = EventKind::from_u16(h.kind).ok_or(DecodeError::Kind(h.kind))?;
+    Ok(match kind {
+        EventKind::Read | EventKind::Write => {
+            if bytes.len() < size_of::<DataEvent>() {
+                return Err(DecodeError::Short(bytes.len()));
+            }
+            // Only the fixed part is copied; the payload is borrowed in place.
+            let len: u64 = read(&bytes[32..])?;
+            let head_len: u16 = read(&bytes[40..])?;
+            let tail_len: u16 = read(&bytes[42..])?;
+            let head_at = 48;
+            let tail_at = head_at + cost_probe_common::HEAD_LEN;
+            let head_len = usize::from(head_len).min(cost_probe_common::HEAD_LEN);
+            let tail_len = usize::from(tail_len).min(cost_probe_common::TAIL_LEN);
+            Event::Data {
+                ts: h.ts_ns,
+                conn: conn_of(&h),
+                dir: if kind == EventKind::Read {
+                    Direction::In
+                } else {
+                    Direction::Out
+                },
+                len,
+                head: &bytes[head_at..head_at + head_len],
+                tail: &bytes[tail_at..tail_at + tail_len],
+            }
+        }
+        EventKind::Accept => {
+            let c: ConnEvent = read(bytes)?;
+            let ip = match c.family {
+                AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+                    c.peer_addr[0],
+                    c.peer_addr[1],
+                    c.peer_addr[2],
+                    c.peer_addr[3],
+                ))),
+                AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(c.peer_addr))),
+                _ => None,
+            };
+            Event::Accept {
+                ts: h.ts_ns,
+                conn: conn_of(&h),
+                peer: ip.map(|ip| SocketAddr::new(ip, c.peer_port)),
+                listen_fd: c.listen_fd,
+                family_unknown: c.family == 0,
+            }
+        }
+        EventKind::Close => Event::Close {
+            ts: h.ts_ns,
+            conn: conn_of(&h),
+        },
+        EventKind::ProcExit => Event::ProcExit {
+            ts: h.ts_ns,
+            tgid: h.tgid,
+        },
+        EventKind::Fork => return Err(DecodeError::Kind(h.kind)),
+    })
+}
+
+/// An event with owned payload, as stored in recorded fixtures (`attach --record`): one JSON
+/// object per line, payload bytes as Latin-1 strings so HTTP stays readable in the file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "ev", rename_all = "lowercase")]
+pub enum OwnedEvent {
+    Accept {
+        ts: u64,
+        conn: ConnId,
+        peer: Option<SocketAddr>,
+        listen_fd: i32,
+    },
+    Data {
+        ts: u64,
+        conn: ConnId,
+        dir: Direction,
+        len: u64,
+        #[serde(with = "latin1")]
+        head: Vec<u8>,
+        #[serde(with = "latin1", default)]
+        tail: Vec<u8>,
+    },
+    Close {
+        ts: u64,
+        conn: ConnId,
+    },
+    Exit {
+        ts: u64,
+        tgid: u32,
+    },
+}
+
+impl OwnedEvent {
+    #[must_use]
+    pub fn from_event(e: &Event<'_>) -> Self {
+        match *e {
+            Event::Accept {
+                ts,
+                conn,
+                peer,
+                listen_fd,
+                ..
+            } => Self::Accept {
+                ts,
+                conn,
+                peer,
+                listen_fd,
+            },
+            Event::Data {
+                ts,
+                conn,
+                dir,
+                len,
+                head,
+                tail,
+            } => Self::Data {
+                ts,
+                conn,
+                dir,
+                len,
+                head: head.to_vec(),
+                tail: tail.to_vec(),
+            },
+            Event::Close { ts, conn } => Self::Close { ts, conn },
+            Event::ProcExit { ts, tgid } => Self::Exit { ts, tgid },
+        }
+    }
+
+    #[must_use]
+    pub fn as_event(&self) -> Event<'_> {
+        match self {
+            Self::Accept {
+                ts,
+                conn,
+                peer,
+                listen_fd,
+            } => Event::Accept {
+                ts: *ts,
+                conn: *conn,
+                peer: *peer,
+                listen_fd: *listen_fd,
+                family_unknown: false,
+            },
+            Self::Data {
+                ts,
+                conn,
+                dir,
+                len,
+                head,
+                tail,
+            } => Event::Data {
+                ts: *ts,
+                conn: *conn,
+                dir: *dir,
+                len: *len,
+                head,
+                tail,
+            },
+            Self::Close { ts, conn } => Event::Close {
+                ts: *ts,
+                conn: *conn,
+            },
+            Self::Exit { ts, tgid } => Event::ProcExit {
+                ts: *ts,
+                tgid: *tgid,
+            },
+        }
+    }
+}
+
+mod latin1 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&b.iter().map(|&c| char::from(c)).collect::<String>())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        s.chars()
+            .map(|c| u8::try_from(u32::from(c)).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cost_probe_common::{HEAD_LEN, TAIL_LEN};
+
+    use super::*;
+
+    fn data_record(len: u64, head: &[u8], tail: &[u8]) -> Vec<u8> {
+        let mut ev = DataEvent {
+            hdr: EventHeader {
+                ts_ns: 7,
+                conn_id: 9,
+                tgid: 100,
+                tid: 101,
+                fd: 5,
+                kind: EventKind::Write as u16,
+                syscall: 44,
+            },
+            len,
+            head_len: head.len() as u16,
+            tail_len: tail.len() as u16,
+            _pad: 0,
+            head: [0; HEAD_LEN],
+            tail: [0; TAIL_LEN],
+        };
+        ev.head[..head.len()].copy_from_slice(head);
+        ev.tail[..tail.len()].copy_from_slice(tail);
+        // SAFETY: DataEvent is repr(C) with no padding (size asserted in the common crate).
+        unsafe {
+            std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<DataEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_write_with_head_and_tail() {
+        let rec = data_record(2000, b"HTTP/1.1 200 OK\r\n", b"0\r\n\r\n");
+        let Event::Data {
+            ts,
+            conn,
+            dir,
+            len,
+            head,
+            tail,
+        } = decode(&rec).unwrap()
+        else {
+            panic!("not data")
+        };
+        assert_eq!((ts, conn.tgid, conn.fd, conn.id), (7, 100, 5, 9));
+        assert_eq!(dir, Direction::Out);
+        assert_eq!(len, 2000);
+        assert_eq!(head, b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(tail, b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors_not_panics() {
+        assert_eq!(decode(&[0; 8]).unwrap_err(), DecodeError::Short(8));
+        let mut rec = data_record(1, b"x", b"");
+        rec[28] = 99;
+        assert_eq!(decode(&rec).unwrap_err(), DecodeError::Kind(99));
+        let rec = data_record(1, b"x", b"");
+        assert_eq!(decode(&rec[..100]).unwrap_err(), DecodeError::Short(100));
+    }
+
+    #[test]
+    fn owned_events_round_trip_through_json() {
+        let rec = data_record(3, b"\x00\xff\r\n", b"");
+        let owned = OwnedEvent::from_event(&decode(&rec).unwrap());
+        let line = serde_json::to_string(&owned).unwrap();
+        let back: OwnedEvent = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, owned);
+    }
+}

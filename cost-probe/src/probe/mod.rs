@@ -1,0 +1,285 @@
+//! Loading the eBPF program, attaching its tracepoints, and reading its ring buffer.
+pub mod event;
+pub mod procscan;
+pub mod tracefs;
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::PathBuf,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use cost_probe_common::{ConnKey, TpOffsets};
+
+pub use self::event::{ConnId, Direction, Event, OwnedEvent};
+
+/// The object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cost-probe"));
+
+/// (program, tracepoints it attaches to). One program serves several syscalls with the same
+/// argument shape.
+const PROGRAMS: &[(&str, &str, &[&str])] = &[
+    ("enter_read", "syscalls", &["sys_enter_read", "sys_enter_recvfrom"]),
+    ("enter_readv", "syscalls", &["sys_enter_readv"]),
+    ("enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
+    ("enter_write", "syscalls", &["sys_enter_write", "sys_enter_sendto"]),
+    ("enter_writev", "syscalls", &["sys_enter_writev"]),
+    ("enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
+    ("enter_sendfile", "syscalls", &["sys_enter_sendfile64"]),
+    (
+        "exit_io_prog",
+        "syscalls",
+        &[
+            "sys_exit_read",
+            "sys_exit_recvfrom",
+            "sys_exit_readv",
+            "sys_exit_recvmsg",
+            "sys_exit_write",
+            "sys_exit_sendto",
+            "sys_exit_writev",
+            "sys_exit_sendmsg",
+            "sys_exit_sendfile64",
+        ],
+    ),
+    ("enter_accept", "syscalls", &["sys_enter_accept", "sys_enter_accept4"]),
+    ("exit_accept", "syscalls", &["sys_exit_accept", "sys_exit_accept4"]),
+    ("enter_close", "syscalls", &["sys_enter_close"]),
+    ("sched_fork", "sched", &["sched_process_fork"]),
+    ("sched_exit", "sched", &["sched_process_exit"]),
+];
+
+/// Every tracepoint the probe attaches to, as `category/name` (for `doctor`).
+pub fn tracepoints() -> impl Iterator<Item = (&'static str, &'static str)> {
+    PROGRAMS
+        .iter()
+        .flat_map(|(_, cat, tps)| tps.iter().map(move |tp| (*cat, *tp)))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this cost-probe was built without its eBPF program (AYA_BUILD_SKIP); rebuild after `cargo xtask setup`"
+    )]
+    NoObject,
+    #[error(
+        "tracing needs root, or CAP_BPF and CAP_PERFMON (and CAP_SYS_ADMIN to mount tracefs); this process has {0}"
+    )]
+    Privileges(String),
+    #[error("cannot mount tracefs at {path}: {source}")]
+    Tracefs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tracepoint format {path}: {why}")]
+    Format { path: PathBuf, why: String },
+    #[error("loading the eBPF program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("polling the ring buffer: {0}")]
+    Poll(std::io::Error),
+}
+
+/// Effective capabilities of this process (bit n = capability n), from /proc/self/status.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Checks privileges before touching the kernel so the user gets one clear line.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
+    const CAP_BPF: u64 = 39;
+    let caps = effective_caps();
+    let has = |c: u64| caps & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(ProbeError::Privileges(format!(
+            "CapEff={caps:#x} (uid {})",
+            // SAFETY: no preconditions.
+            unsafe { libc::geteuid() }
+        )))
+    }
+}
+
+/// A loaded and attached probe.
+pub struct Probe {
+    // Keeps the programs and their links alive.
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    targets: BpfHashMap<MapData, u32, u8>,
+    conns: BpfHashMap<MapData, ConnKey, u64>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    lost_seen: u64,
+}
+
+impl Probe {
+    /// Loads the program with this kernel's tracepoint offsets and attaches every tracepoint.
+    pub fn load() -> Result<Self, ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        check_privileges()?;
+        raise_memlock();
+        let root = tracefs::ensure_mounted()?;
+        let enter: Vec<&str> = tracepoints()
+            .filter(|(c, tp)| *c == "syscalls" && tp.starts_with("sys_enter"))
+            .map(|(_, tp)| tp)
+            .collect();
+        let exit: Vec<&str> = tracepoints()
+            .filter(|(c, tp)| *c == "syscalls" && tp.starts_with("sys_exit"))
+            .map(|(_, tp)| tp)
+            .collect();
+        let offsets: TpOffsets = tracefs::offsets(&root, &enter, &exit)?;
+        log::debug!("tracepoint offsets: {offsets:?}");
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .load(OBJECT)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("eBPF logger unavailable: {e}");
+                None
+            }
+        };
+        for (name, category, tps) in PROGRAMS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Format {
+                    path: PathBuf::from(*name),
+                    why: "program missing from the object".into(),
+                })?
+                .try_into()
+                .map_err(|source| ProbeError::Program {
+                    name: (*name).into(),
+                    source,
+                })?;
+            prog.load().map_err(|source| ProbeError::Program {
+                name: (*name).into(),
+                source,
+            })?;
+            for tp in *tps {
+                prog.attach(category, tp)
+                    .map_err(|source| ProbeError::Program {
+                        name: format!("{name} → {category}:{tp}"),
+                        source,
+                    })?;
+            }
+        }
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
+        let targets = BpfHashMap::try_from(take(&mut ebpf, "TARGETS")?)?;
+        let conns = BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            ring,
+            lost,
+            targets,
+            conns,
+            logger: logger,
+            lost_seen: 0,
+        })
+    }
+
+    /// Starts tracing a process (by tgid).
+    pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        self.targets.insert(tgid, 1, 0)?;
+        Ok(())
+    }
+
+    /// Registers a connection that was accepted before attach (found by `procscan`).
+    pub fn add_conn(&mut self, conn: ConnId) -> Result<(), ProbeError> {
+        let key = ConnKey {
+            tgid: conn.tgid,
+            fd: conn.fd as u32,
+        };
+        self.conns.insert(key, conn.id, 0)?;
+        Ok(())
+    }
+
+    /// Stops tracing a connection the kernel could not classify and userspace found not TCP.
+    pub fn forget_conn(&mut self, conn: ConnId) {
+        let key = ConnKey {
+            tgid: conn.tgid,
+            fd: conn.fd as u32,
+        };
+        let _ = self.conns.remove(&key);
+    }
+
+    /// Waits up to `timeout` for the kernel to signal a batch, then hands every waiting record
+    /// to `f`. Returns the number of records. The kernel wakes us only once a batch has built
+    /// up, so callers poll on a short timer too.
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<usize, ProbeError> {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(ProbeError::Poll(err));
+            }
+        }
+        if let Some(logger) = self.logger.as_mut() {
+            logger.flush();
+        }
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Records dropped in the kernel since the last call (ring buffer full).
+    pub fn take_lost(&mut self) -> Result<u64, ProbeError> {
+        let total: u64 = self.lost.get(&0, 0)?.iter().sum();
+        let new = total.saturating_sub(self.lost_seen);
+        self.lost_seen = total;
+        Ok(new)
+    }
+}
+
+fn raise_memlock() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones use memcg.
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to a local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const rlim) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}

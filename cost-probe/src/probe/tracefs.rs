@@ -1,0 +1,240 @@
+//! tracefs: mounting it when missing, and reading tracepoint field offsets from `format` files so
+//! the kernel side never hard-codes a layout.
+use std::{
+    ffi::CString,
+    fs,
+    io::{self, BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+};
+
+use cost_probe_common::TpOffsets;
+
+use super::ProbeError;
+
+/// Where tracefs usually lives; the second is the legacy debugfs location.
+const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// Returns the tracefs root, mounting it at `/sys/kernel/tracing` if no mount has the events.
+pub fn ensure_mounted() -> Result<PathBuf, ProbeError> {
+    if let Some(dir) = find() {
+        return Ok(dir);
+    }
+    let target = Path::new(TRACEFS_DIRS[0]);
+    let c_target = CString::new(TRACEFS_DIRS[0]).expect("no NUL in a literal");
+    let fstype = CString::new("tracefs").expect("no NUL in a literal");
+    let source = CString::new("nodev").expect("no NUL in a literal");
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            c_target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::Tracefs {
+            path: target.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    log::info!("mounted tracefs at {}", target.display());
+    find().ok_or_else(|| ProbeError::Tracefs {
+        path: target.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::NotFound, "mounted, but no events/ directory"),
+    })
+}
+
+/// The first tracefs root that has an `events/syscalls` directory.
+#[must_use]
+pub fn find() -> Option<PathBuf> {
+    TRACEFS_DIRS
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| d.join("events/syscalls").is_dir())
+}
+
+/// One `field:` line of a format file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub offset: u32,
+    pub size: u32,
+}
+
+/// Parses a tracepoint `format` file, e.g.
+/// `\tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;`
+pub fn parse_format(r: impl Read) -> io::Result<Vec<Field>> {
+    let mut fields = Vec::new();
+    for line in BufReader::new(r).lines() {
+        let line = line?;
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let mut parts = rest.split(';').map(str::trim);
+        let decl = parts.next().unwrap_or_default();
+        let (mut offset, mut size) = (None, None);
+        for p in parts {
+            if let Some(v) = p.strip_prefix("offset:") {
+                offset = v.parse().ok();
+            } else if let Some(v) = p.strip_prefix("size:") {
+                size = v.parse().ok();
+            }
+        }
+        // The name is the last word of the declaration, without an array suffix.
+        let name = decl
+            .rsplit(|c: char| c.is_whitespace() || c == '*')
+            .next()
+            .unwrap_or_default();
+        let name = name.split('[').next().unwrap_or_default().to_owned();
+        if let (Some(offset), Some(size)) = (offset, size) {
+            fields.push(Field { name, offset, size });
+        }
+    }
+    Ok(fields)
+}
+
+fn read_fields(root: &Path, category: &str, name: &str) -> Result<Vec<Field>, ProbeError> {
+    let path = root.join("events").join(category).join(name).join("format");
+    let f = fs::File::open(&path).map_err(|source| ProbeError::Format {
+        path: path.clone(),
+        why: source.to_string(),
+    })?;
+    parse_format(f).map_err(|source| ProbeError::Format {
+        path,
+        why: source.to_string(),
+    })
+}
+
+fn offset_of(fields: &[Field], name: &str, tp: &str) -> Result<u32, ProbeError> {
+    fields
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| f.offset)
+        .ok_or_else(|| ProbeError::Format {
+            path: PathBuf::from(tp),
+            why: format!("no field `{name}`"),
+        })
+}
+
+/// Reads the offsets the kernel side needs and checks that every syscall tracepoint we attach
+/// has the shared layout (8-byte arguments from `enter_args`, `ret` at `exit_ret`).
+pub fn offsets(root: &Path, enter: &[&str], exit: &[&str]) -> Result<TpOffsets, ProbeError> {
+    let read = read_fields(root, "syscalls", "sys_enter_read")?;
+    let enter_nr = offset_of(&read, "__syscall_nr", "syscalls/sys_enter_read")?;
+    let enter_args = offset_of(&read, "fd", "syscalls/sys_enter_read")?;
+    let exit_ret = offset_of(
+        &read_fields(root, "syscalls", "sys_exit_read")?,
+        "ret",
+        "syscalls/sys_exit_read",
+    )?;
+    let fork_child_pid = offset_of(
+        &read_fields(root, "sched", "sched_process_fork")?,
+        "child_pid",
+        "sched/sched_process_fork",
+    )?;
+    for tp in enter {
+        let fields = read_fields(root, "syscalls", tp)?;
+        let args: Vec<&Field> = fields.iter().filter(|f| f.offset >= enter_args).collect();
+        for (i, f) in args.iter().enumerate() {
+            if f.offset != enter_args + 8 * i as u32 || f.size != 8 {
+                return Err(ProbeError::Format {
+                    path: PathBuf::from(format!("syscalls/{tp}")),
+                    why: format!(
+                        "argument {i} (`{}`) at offset {} size {}, expected {} size 8",
+                        f.name,
+                        f.offset,
+                        f.size,
+                        enter_args + 8 * i as u32
+                    ),
+                });
+            }
+        }
+    }
+    for tp in exit {
+        let ret = offset_of(&read_fields(root, "syscalls", tp)?, "ret", tp)?;
+        if ret != exit_ret {
+            return Err(ProbeError::Format {
+                path: PathBuf::from(format!("syscalls/{tp}")),
+                why: format!("`ret` at offset {ret}, expected {exit_ret}"),
+            });
+        }
+    }
+    Ok(TpOffsets {
+        enter_args,
+        exit_ret,
+        fork_child_pid,
+        enter_nr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Captured from /sys/kernel/tracing/events/syscalls/sys_enter_sendto/format on the
+    // project's Firecracker VM (kernel 6.18, x86_64).
+    const SENDTO: &str = "name: sys_enter_sendto
+ID: 2224
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:void * buff;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:size_t len;\toffset:32;\tsize:8;\tsigned:0;
+\tfield:unsigned int flags;\toffset:40;\tsize:8;\tsigned:0;
+\tfield:struct sockaddr * addr;\toffset:48;\tsize:8;\tsigned:0;
+\tfield:int addr_len;\toffset:56;\tsize:8;\tsigned:0;
+
+print fmt: \"fd: 0x%08lx, buff: 0x%08lx, len: 0x%08lx, flags: 0x%08lx, addr: 0x%08lx, addr_len: 0x%08lx\", ((unsigned long)(REC->fd)), ((unsigned long)(REC->buff)), ((unsigned long)(REC->len)), ((unsigned long)(REC->flags)), ((unsigned long)(REC->addr)), ((unsigned long)(REC->addr_len))
+";
+
+    #[test]
+    fn parses_names_offsets_and_sizes() {
+        let f = parse_format(SENDTO.as_bytes()).unwrap();
+        assert_eq!(f.len(), 11);
+        assert_eq!(
+            f[4],
+            Field {
+                name: "__syscall_nr".into(),
+                offset: 8,
+                size: 4
+            }
+        );
+        assert_eq!(f[6].name, "buff");
+        assert_eq!(f[9].name, "addr");
+        assert_eq!(f[10].offset, 56);
+    }
+
+    // Captured from events/sched/sched_process_fork/format on the same VM: since 6.x the comms are
+    // __data_loc strings, so child_pid moved from offset 44 to 20.
+    const FORK: &str = "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;
+\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;
+";
+
+    #[test]
+    fn data_loc_fields_parse() {
+        let f = parse_format(FORK.as_bytes()).unwrap();
+        assert_eq!(offset_of(&f, "child_pid", "fork").unwrap(), 20);
+        assert_eq!(f[4].name, "parent_comm");
+    }
+
+    #[test]
+    fn array_fields_lose_their_suffix() {
+        let f = parse_format("\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;".as_bytes())
+            .unwrap();
+        assert_eq!(f[0].name, "parent_comm");
+    }
+}
