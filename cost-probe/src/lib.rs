@@ -4,3 +4,7 @@
 //! (samples) → `attribution` (joules per request) → `pricing` (dollars, CO2) → `output` (sinks).
 pub mod units;
 pub mod probe;
+pub mod spans;
+pub mod cli;
+pub mod output;
+pub mod pipeline;

@@ -1,30 +1,30 @@
-use std::time::{Duration, Instant};
+//! The cost-probe command line.
+use std::process::ExitCode;
 
-use cost_probe::probe::{self, OwnedEvent, Probe};
+use clap::{Parser, Subcommand};
+use cost_probe::cli;
 
-fn main() {
-    env_logger::init();
-    let pid: u32 = std::env::args().nth(1).unwrap().parse().unwrap();
-    let mut p = match Probe::load() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
-    for t in probe::procscan::descendants(pid) {
-        p.add_target(t).unwrap();
+/// Prices every request an inference server handles, in joules and dollars, with eBPF.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Trace one server process (and its children) and write request records.
+    Attach(cli::attach::AttachArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Attach(a) => cli::attach::run(a).await,
     }
-    eprintln!("attached");
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(6) {
-        p.poll(Duration::from_millis(10), |b| {
-            match probe::event::decode(b) {
-                Ok(e) => println!("{}", serde_json::to_string(&OwnedEvent::from_event(&e)).unwrap()),
-                Err(e) => eprintln!("decode: {e}"),
-            }
-        })
-        .unwrap();
-    }
-    eprintln!("lost {}", p.take_lost().unwrap());
 }

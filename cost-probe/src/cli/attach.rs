@@ -1,0 +1,175 @@
+//! `cost-probe attach --pid PID`: trace one server (and its children) until told to stop.
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    output::{Sink, record_file},
+    pipeline::Pipeline,
+    probe::{Probe, ProbeError, procscan},
+    units::monotonic_now,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// Process to trace; its descendants (now and later) are traced too.
+    #[arg(long)]
+    pub pid: u32,
+    /// Stop after this many seconds (default: until SIGINT/SIGTERM or the target exits).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Where records go: a file path, or - for stdout.
+    #[arg(long, default_value = "-")]
+    pub output: String,
+    /// Also write every raw kernel event as JSON lines here (for fixtures and bug reports;
+    /// contains payload bytes, so treat it as sensitive).
+    #[arg(long, hide = true)]
+    pub record: Option<PathBuf>,
+}
+
+/// Exit code for "cannot attach" (no such pid, no privileges, no eBPF object).
+pub const EXIT_CANNOT_ATTACH: u8 = 2;
+
+pub async fn run(args: AttachArgs) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::cli::stop_on_signals(&stop);
+    if let Some(secs) = args.duration {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    match tokio::task::spawn_blocking(move || trace(&args, &stop)).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cost-probe: tracer thread failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cannot_attach(msg: &str) -> ExitCode {
+    eprintln!("cost-probe: {msg}");
+    ExitCode::from(EXIT_CANNOT_ATTACH)
+}
+
+/// Loads the probe and runs the consumer loop on this (blocking) thread.
+pub fn trace(args: &AttachArgs, stop: &AtomicBool) -> ExitCode {
+    let pid = args.pid;
+    if !procscan::alive(pid) {
+        return cannot_attach(&format!("no process with pid {pid}"));
+    }
+    let mut probe = match Probe::load() {
+        Ok(p) => p,
+        Err(e @ (ProbeError::Privileges(_) | ProbeError::NoObject)) => {
+            return cannot_attach(&e.to_string());
+        }
+        Err(e) => return cannot_attach(&format!("cannot attach: {e}")),
+    };
+    let sink = match Sink::new(&args.output) {
+        Ok(s) => s,
+        Err(e) => return cannot_attach(&format!("cannot open {}: {e}", args.output)),
+    };
+    let record = match &args.record {
+        Some(p) => match record_file(p) {
+            Ok(f) => Some(Box::new(f) as Box<dyn std::io::Write + Send>),
+            Err(e) => return cannot_attach(&format!("cannot open {}: {e}", p.display())),
+        },
+        None => None,
+    };
+    let mut pipe = Pipeline::new(sink, record);
+    let start = monotonic_now().0;
+    let targets = match add_targets(&mut probe, &mut pipe, pid) {
+        Ok(n) => n,
+        Err(e) => return cannot_attach(&format!("cannot attach: {e}")),
+    };
+    eprintln!(
+        "cost-probe: tracing pid {pid} ({}) and {} descendant process(es); Ctrl-C to stop",
+        procscan::comm(pid),
+        targets - 1
+    );
+    match consume(&mut probe, &mut pipe, pid, stop) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("cost-probe: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let now = monotonic_now().0;
+    if let Err(e) = probe
+        .take_lost()
+        .map_err(std::io::Error::other)
+        .and_then(|n| pipe.lost(n, now))
+        .and_then(|()| pipe.finish(start, now))
+    {
+        eprintln!("cost-probe: writing records: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Adds the target and its descendants, and the connections they already hold.
+fn add_targets(probe: &mut Probe, pipe: &mut Pipeline, pid: u32) -> Result<usize, ProbeError> {
+    // The fork tracepoint is live, so children forked after their parent is added are caught;
+    // a second scan catches those forked while the first one ran.
+    let mut added = std::collections::HashSet::new();
+    for _ in 0..2 {
+        for t in procscan::descendants(pid) {
+            if added.insert(t) {
+                probe.add_target(t)?;
+            }
+        }
+    }
+    let id = monotonic_now().0;
+    for &t in &added {
+        for (conn, local, peer) in procscan::existing_conns(t, id) {
+            probe.add_conn(conn)?;
+            pipe.existing_conn(conn, local, peer);
+        }
+    }
+    Ok(added.len())
+}
+
+/// Drains the ring buffer until stopped, the target exits, or the reader goes away.
+fn consume(
+    probe: &mut Probe,
+    pipe: &mut Pipeline,
+    pid: u32,
+    stop: &AtomicBool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut last_check = Instant::now();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        probe.poll(Duration::from_millis(if stopping { 0 } else { 10 }), |b| {
+            pipe.on_record(b);
+        })?;
+        for conn in pipe.take_unclassified() {
+            if procscan::is_tcp(conn.tgid, conn.fd) == Some(false) {
+                probe.forget_conn(conn);
+                pipe.builder.forget(conn);
+            }
+        }
+        pipe.emit()?;
+        let root_exited = pipe.exited.contains(&pid);
+        if last_check.elapsed() >= Duration::from_secs(1) || stopping || root_exited {
+            last_check = Instant::now();
+            pipe.lost(probe.take_lost()?, monotonic_now().0)?;
+            pipe.sink.flush()?;
+        }
+        if root_exited || !procscan::alive(pid) && last_check.elapsed().is_zero() {
+            eprintln!("cost-probe: pid {pid} exited");
+            return Ok(());
+        }
+        if stopping || pipe.sink.closed {
+            return Ok(());
+        }
+        pipe.sink.flush()?;
+    }
+}

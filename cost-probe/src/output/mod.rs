@@ -1,0 +1,129 @@
+//! Sinks: NDJSON records (stdout or a file) and the wall clock they are stamped with.
+pub mod records;
+pub mod summary;
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Write},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+/// Converts `CLOCK_MONOTONIC` ns (eBPF and sampler time) to wall time, once, at the sink.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    /// realtime − monotonic, in ns.
+    offset: i128,
+}
+
+impl WallClock {
+    #[must_use]
+    pub fn now() -> Self {
+        // Take the pair with the smallest gap between the two reads.
+        let mut best = (u128::MAX, 0i128);
+        for _ in 0..5 {
+            let a = crate::units::monotonic_now().0;
+            let real = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let b = crate::units::monotonic_now().0;
+            let gap = u128::from(b - a);
+            if gap < best.0 {
+                best = (gap, real as i128 - i128::from(a + (b - a) / 2));
+            }
+        }
+        Self { offset: best.1 }
+    }
+
+    #[must_use]
+    pub fn fixed(offset_ns: i128) -> Self {
+        Self { offset: offset_ns }
+    }
+
+    #[must_use]
+    pub fn system_time(&self, mono_ns: u64) -> SystemTime {
+        let real = i128::from(mono_ns) + self.offset;
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(real.max(0)).unwrap_or(0))
+    }
+
+    /// RFC 3339 UTC with nanoseconds.
+    #[must_use]
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        humantime::format_rfc3339_nanos(self.system_time(mono_ns)).to_string()
+    }
+}
+
+/// Where records go: `-` for stdout, else a file (appended; reopened on request for logrotate).
+pub struct Sink {
+    path: Option<PathBuf>,
+    out: BufWriter<Box<dyn Write + Send>>,
+    /// The reader went away (closed pipe): stop writing, exit normally.
+    pub closed: bool,
+    line: Vec<u8>,
+}
+
+fn open(path: Option<&Path>) -> io::Result<Box<dyn Write + Send>> {
+    Ok(match path {
+        None => Box::new(io::stdout()),
+        Some(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+    })
+}
+
+impl Sink {
+    pub fn new(path: &str) -> io::Result<Self> {
+        let path = (path != "-").then(|| PathBuf::from(path));
+        Ok(Self {
+            out: BufWriter::with_capacity(64 * 1024, open(path.as_deref())?),
+            path,
+            closed: false,
+            line: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Reopens the output file (after logrotate moved it); no-op for stdout.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        if self.path.is_some() {
+            self.flush()?;
+            self.out = BufWriter::with_capacity(64 * 1024, open(self.path.as_deref())?);
+        }
+        Ok(())
+    }
+
+    /// Writes one record as a JSON line.
+    pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.line.push(b'\n');
+        let r = self.out.write_all(&self.line);
+        self.check(r)
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let r = self.out.flush();
+        self.check(r)
+    }
+
+    fn check(&mut self, r: io::Result<()>) -> io::Result<()> {
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
+/// Opens a file for `--record` (raw events, one JSON line each).
+pub fn record_file(path: &Path) -> io::Result<BufWriter<File>> {
+    Ok(BufWriter::new(File::create(path)?))
+}

@@ -1,0 +1,233 @@
+//! The NDJSON record schema (DESIGN.md "Records"). Unknown values are omitted, never invented.
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::Serialize;
+
+use super::WallClock;
+use crate::spans::{Protocol, RequestSpan};
+
+pub const VERSION: u32 = 1;
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Request,
+    Interval,
+    Lost,
+    Alert,
+    Summary,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Conn {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Http<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Bytes {
+    #[serde(rename = "in")]
+    pub input: u64,
+    pub out: u64,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tokens {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion: Option<u64>,
+}
+
+/// Joules by class.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq)]
+pub struct EnergyJ {
+    pub gpu: f64,
+    pub cpu: f64,
+    pub dram: f64,
+    pub total: f64,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq)]
+pub struct CostUsd {
+    pub energy: f64,
+    pub capacity: f64,
+    pub total: f64,
+}
+
+/// A `request` record.
+#[derive(Serialize, Debug)]
+pub struct RequestRecord<'a> {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub start: String,
+    pub end: String,
+    pub duration_ms: f64,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub conn: Conn,
+    pub protocol: Protocol,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<Http<'a>>,
+    pub bytes: Bytes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    /// Time to the first body chunk (first token of a stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_chunk_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Tokens>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy_j: Option<EnergyJ>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<CostUsd>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub co2_g: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usd_per_1k_tokens: Option<f64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    pub flags: Vec<&'static str>,
+}
+
+fn ms(from: u64, to: u64) -> f64 {
+    to.saturating_sub(from) as f64 / 1e6
+}
+
+impl<'a> RequestRecord<'a> {
+    /// The record for a span, without energy or cost (filled in by attribution when enabled).
+    #[must_use]
+    pub fn from_span(span: &'a RequestSpan, comm: &'a str, clock: &WallClock) -> Self {
+        let tokens = (!span.usage.is_empty()).then_some(Tokens {
+            prompt: span.usage.prompt,
+            completion: span.usage.completion,
+        });
+        Self {
+            v: VERSION,
+            kind: Kind::Request,
+            start: clock.rfc3339(span.start),
+            end: clock.rfc3339(span.end),
+            duration_ms: ms(span.start, span.end),
+            pid: span.conn.tgid,
+            comm,
+            conn: Conn {
+                local: span.local,
+                peer: span.peer,
+            },
+            protocol: span.protocol,
+            http: match (&span.method, &span.path) {
+                (Some(m), Some(p)) => Some(Http {
+                    method: m,
+                    path: p,
+                    status: span.status,
+                }),
+                _ => None,
+            },
+            bytes: Bytes {
+                input: span.bytes_in,
+                out: span.bytes_out,
+            },
+            ttfb_ms: span.first_byte.map(|t| ms(span.start, t)),
+            first_chunk_ms: span.first_chunk.map(|t| ms(span.start, t)),
+            chunks: span.chunks,
+            model: span.model.as_deref(),
+            tokens,
+            energy_j: None,
+            cost_usd: None,
+            co2_g: None,
+            usd_per_1k_tokens: None,
+            tags: BTreeMap::new(),
+            flags: span.flags.names().collect(),
+        }
+    }
+}
+
+/// A `lost` record: events the kernel dropped (ring buffer full) since the last one.
+#[derive(Serialize, Debug)]
+pub struct LostRecord {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub time: String,
+    pub events: u64,
+}
+
+impl LostRecord {
+    #[must_use]
+    pub fn new(time: String, events: u64) -> Self {
+        Self {
+            v: VERSION,
+            kind: Kind::Lost,
+            time,
+            events,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        probe::ConnId,
+        spans::{Flags, Usage},
+    };
+
+    #[test]
+    fn request_record_shape() {
+        let mut flags = Flags::default();
+        flags.set(Flags::STREAMED);
+        let span = RequestSpan {
+            id: 1,
+            conn: ConnId {
+                tgid: 42,
+                fd: 7,
+                id: 1,
+            },
+            local: Some("127.0.0.1:8080".parse().unwrap()),
+            peer: Some("127.0.0.1:5555".parse().unwrap()),
+            protocol: Protocol::Http1,
+            method: Some("POST".into()),
+            path: Some("/v1/chat/completions".into()),
+            status: Some(200),
+            start: 1_000_000_000,
+            end: 1_250_000_000,
+            first_byte: Some(1_010_000_000),
+            first_chunk: Some(1_020_000_000),
+            chunks: Some(9),
+            bytes_in: 300,
+            bytes_out: 2000,
+            model: Some("m".into()),
+            usage: Usage {
+                prompt: Some(5),
+                completion: None,
+            },
+            flags,
+        };
+        let clock = WallClock::fixed(1_700_000_000_000_000_000);
+        let v = serde_json::to_value(RequestRecord::from_span(&span, "srv", &clock)).unwrap();
+        assert_eq!(v["type"], "request");
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["start"], "2023-11-14T22:13:21.000000000Z");
+        assert_eq!(v["duration_ms"], 250.0);
+        assert_eq!(v["http"]["path"], "/v1/chat/completions");
+        assert_eq!(v["tokens"], serde_json::json!({"prompt": 5}));
+        assert_eq!(v["flags"], serde_json::json!(["streamed"]));
+        assert_eq!(v["ttfb_ms"], 10.0);
+        assert!(v.get("energy_j").is_none());
+    }
+}

@@ -1,0 +1,240 @@
+//! The `summary` record: per group, HDR percentiles of latency, energy and cost, and totals.
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::records::{Kind, VERSION};
+
+/// A distribution kept as integers of `1/scale` units (3 significant figures).
+#[derive(Clone, Debug)]
+pub struct Dist {
+    hist: Histogram<u64>,
+    scale: f64,
+    total: f64,
+}
+
+/// Percentiles of a distribution, in the caller's units.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub total: f64,
+}
+
+impl Dist {
+    /// `scale`: integer steps per unit (1e3 for ms recorded in µs).
+    #[must_use]
+    pub fn new(scale: f64) -> Self {
+        Self {
+            hist: Histogram::new(3).expect("3 significant figures is valid"),
+            scale,
+            total: 0.0,
+        }
+    }
+
+    pub fn record(&mut self, v: f64) {
+        let v = v.max(0.0);
+        self.total += v;
+        // Auto-resizing histogram: recording cannot fail for finite values.
+        let _ = self.hist.record((v * self.scale).round() as u64);
+    }
+
+    #[must_use]
+    pub fn percentiles(&self) -> Percentiles {
+        let q = |p: f64| self.hist.value_at_quantile(p) as f64 / self.scale;
+        Percentiles {
+            p50: q(0.50),
+            p90: q(0.90),
+            p99: q(0.99),
+            max: self.hist.max() as f64 / self.scale,
+            total: self.total,
+        }
+    }
+}
+
+/// What a group is keyed by.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct GroupKey {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Group {
+    count: u64,
+    latency_ms: Dist,
+    energy_j: Option<Dist>,
+    cost_usd: Option<Dist>,
+    tokens: u64,
+}
+
+/// One request's numbers, as the summary sees them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sample {
+    pub latency_ms: f64,
+    pub energy_j: Option<f64>,
+    pub cost_usd: Option<f64>,
+    pub tokens: Option<u64>,
+}
+
+/// Totals beside the groups.
+#[derive(Serialize, Debug, Default, Clone, Copy, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy_j: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// Energy measured while no request was active ("idle waste").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_j: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_usd: Option<f64>,
+    /// Energy of other processes on the same devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_j: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usd_per_1k_tokens: Option<f64>,
+    pub lost_events: u64,
+    pub partial_requests: u64,
+}
+
+/// Accumulates the summary over a run.
+#[derive(Debug, Default)]
+pub struct Summary {
+    groups: BTreeMap<GroupKey, Group>,
+    pub totals: Totals,
+    tokens: u64,
+    token_cost: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct GroupOut<'a> {
+    #[serde(flatten)]
+    key: &'a GroupKey,
+    count: u64,
+    latency_ms: Percentiles,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    energy_j: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_usd: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usd_per_1k_tokens: Option<f64>,
+}
+
+/// The `summary` record.
+#[derive(Serialize, Debug)]
+pub struct SummaryRecord<'a> {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub start: String,
+    pub end: String,
+    groups: Vec<GroupOut<'a>>,
+    pub totals: Totals,
+}
+
+impl Summary {
+    pub fn add(&mut self, key: GroupKey, s: Sample) {
+        let g = self.groups.entry(key).or_insert_with(|| Group {
+            count: 0,
+            latency_ms: Dist::new(1e3),
+            energy_j: None,
+            cost_usd: None,
+            tokens: 0,
+        });
+        g.count += 1;
+        g.latency_ms.record(s.latency_ms);
+        if let Some(e) = s.energy_j {
+            g.energy_j.get_or_insert_with(|| Dist::new(1e6)).record(e);
+            *self.totals.energy_j.get_or_insert(0.0) += e;
+        }
+        if let Some(c) = s.cost_usd {
+            g.cost_usd.get_or_insert_with(|| Dist::new(1e12)).record(c);
+            *self.totals.cost_usd.get_or_insert(0.0) += c;
+            if let Some(t) = s.tokens {
+                g.tokens += t;
+                self.tokens += t;
+                self.token_cost += c;
+            }
+        }
+        self.totals.requests += 1;
+    }
+
+    #[must_use]
+    pub fn record(&self, start: String, end: String) -> SummaryRecord<'_> {
+        let mut totals = self.totals;
+        totals.usd_per_1k_tokens =
+            (self.tokens > 0).then(|| self.token_cost / self.tokens as f64 * 1000.0);
+        SummaryRecord {
+            v: VERSION,
+            kind: Kind::Summary,
+            start,
+            end,
+            groups: self
+                .groups
+                .iter()
+                .map(|(key, g)| GroupOut {
+                    key,
+                    count: g.count,
+                    latency_ms: g.latency_ms.percentiles(),
+                    energy_j: g.energy_j.as_ref().map(Dist::percentiles),
+                    cost_usd: g.cost_usd.as_ref().map(Dist::percentiles),
+                    usd_per_1k_tokens: (g.tokens > 0).then(|| {
+                        g.cost_usd.as_ref().map_or(0.0, |c| c.total) / g.tokens as f64 * 1000.0
+                    }),
+                })
+                .collect(),
+            totals,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_per_group() {
+        let mut s = Summary::default();
+        let key = |p: &str| GroupKey {
+            path: Some(p.into()),
+            model: None,
+            tags: BTreeMap::new(),
+        };
+        for i in 1..=100 {
+            s.add(
+                key("/a"),
+                Sample {
+                    latency_ms: f64::from(i),
+                    ..Sample::default()
+                },
+            );
+        }
+        s.add(
+            key("/b"),
+            Sample {
+                latency_ms: 5.0,
+                ..Sample::default()
+            },
+        );
+        let v = serde_json::to_value(s.record("a".into(), "b".into())).unwrap();
+        assert_eq!(v["type"], "summary");
+        assert_eq!(v["totals"]["requests"], 101);
+        let a = &v["groups"][0];
+        assert_eq!(a["path"], "/a");
+        assert_eq!(a["count"], 100);
+        assert_eq!(a["latency_ms"]["p50"], 50.0);
+        assert_eq!(a["latency_ms"]["p99"], 99.0);
+        assert_eq!(a["latency_ms"]["max"], 100.0);
+        assert_eq!(a["latency_ms"]["total"], 5050.0);
+        assert!(a.get("energy_j").is_none());
+    }
+}

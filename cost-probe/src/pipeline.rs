@@ -1,0 +1,199 @@
+//! The userspace data path for one probe: ring records → spans → records on a sink.
+//!
+//! Runs on one thread (the ring consumer) so the hot path has no locks or channels.
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    io::{self, Write},
+    net::SocketAddr,
+};
+
+use crate::{
+    output::{
+        Sink, WallClock,
+        records::{LostRecord, RequestRecord},
+        summary::{GroupKey, Sample, Summary},
+    },
+    probe::{ConnId, Event, OwnedEvent, event::DecodeError, procscan},
+    spans::{Flags, Limits, RequestSpan, SpanBuilder, SpanEvent},
+};
+
+/// Everything the consumer thread owns.
+pub struct Pipeline {
+    pub builder: SpanBuilder,
+    pub summary: Summary,
+    pub sink: Sink,
+    pub clock: WallClock,
+    spans: Vec<SpanEvent>,
+    comms: HashMap<u32, String>,
+    listeners: HashMap<(u32, i32), Option<SocketAddr>>,
+    /// Accepts the kernel could not classify (no address buffer): checked after the batch.
+    unclassified: Vec<ConnId>,
+    record: Option<Box<dyn Write + Send>>,
+    /// Process exits seen in the stream.
+    pub exited: Vec<u32>,
+    pub decode_errors: u64,
+    pub first_ts: Option<u64>,
+    pub last_ts: u64,
+}
+
+impl Pipeline {
+    #[must_use]
+    pub fn new(sink: Sink, record: Option<Box<dyn Write + Send>>) -> Self {
+        Self {
+            builder: SpanBuilder::new(Limits::default()),
+            summary: Summary::default(),
+            sink,
+            clock: WallClock::now(),
+            spans: Vec::with_capacity(256),
+            comms: HashMap::new(),
+            listeners: HashMap::new(),
+            unclassified: Vec::new(),
+            record,
+            exited: Vec::new(),
+            decode_errors: 0,
+            first_ts: None,
+            last_ts: 0,
+        }
+    }
+
+    /// Handles one ring-buffer record.
+    pub fn on_record(&mut self, bytes: &[u8]) {
+        match crate::probe::event::decode(bytes) {
+            Ok(ev) => self.on_event(&ev),
+            Err(e) => self.decode_error(&e),
+        }
+    }
+
+    fn decode_error(&mut self, e: &DecodeError) {
+        self.decode_errors += 1;
+        if self.decode_errors == 1 {
+            log::warn!("undecodable ring record ({e}); counting further ones silently");
+        }
+    }
+
+    pub fn on_event(&mut self, ev: &Event<'_>) {
+        let ts = ev.ts();
+        self.first_ts.get_or_insert(ts);
+        self.last_ts = self.last_ts.max(ts);
+        if let Some(w) = self.record.as_mut() {
+            let _ = serde_json::to_writer(&mut *w, &OwnedEvent::from_event(ev));
+            let _ = w.write_all(b"\n");
+        }
+        self.builder.on_event(ev, &mut self.spans);
+        match *ev {
+            Event::Accept {
+                conn,
+                listen_fd,
+                family_unknown,
+                ..
+            } => {
+                if family_unknown {
+                    self.unclassified.push(conn);
+                }
+                if let Some(local) = self.listener(conn.tgid, listen_fd) {
+                    self.builder.set_local(conn, local);
+                }
+            }
+            Event::ProcExit { tgid, .. } => self.exited.push(tgid),
+            _ => {}
+        }
+    }
+
+    /// Registers a connection found in /proc at attach time (its first bytes may be
+    /// mid-request, so it starts unsynchronised).
+    pub fn existing_conn(&mut self, conn: ConnId, local: SocketAddr, peer: SocketAddr) {
+        self.builder.adopt(conn, local, peer);
+    }
+
+    /// Accepts the kernel could not classify, for the caller to check against /proc.
+    pub fn take_unclassified(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.unclassified)
+    }
+
+    fn listener(&mut self, tgid: u32, fd: i32) -> Option<SocketAddr> {
+        if let Entry::Occupied(e) = self.listeners.entry((tgid, fd)) {
+            return *e.get();
+        }
+        // One /proc read per process fills every listener it has.
+        for (lfd, addr) in procscan::sockets(tgid).listeners {
+            self.listeners.insert((tgid, lfd), Some(addr));
+        }
+        *self.listeners.entry((tgid, fd)).or_insert(None)
+    }
+
+    fn comm(&mut self, tgid: u32) -> &str {
+        self.comms
+            .entry(tgid)
+            .or_insert_with(|| procscan::comm(tgid))
+    }
+
+    /// Emits records for the spans finished since the last call.
+    pub fn emit(&mut self) -> io::Result<()> {
+        let spans = std::mem::take(&mut self.spans);
+        for e in &spans {
+            if let SpanEvent::Finished(span) = e {
+                self.emit_span(span)?;
+            }
+        }
+        self.spans = spans;
+        self.spans.clear();
+        Ok(())
+    }
+
+    fn emit_span(&mut self, span: &RequestSpan) -> io::Result<()> {
+        // Borrow juggling: the comm lives in self.comms while the sink writes.
+        self.comm(span.conn.tgid);
+        let comm = self.comms.get(&span.conn.tgid).map_or("?", String::as_str);
+        let rec = RequestRecord::from_span(span, comm, &self.clock);
+        self.sink.write(&rec)?;
+        if span.flags.contains(Flags::PARTIAL) {
+            self.summary.totals.partial_requests += 1;
+        }
+        self.summary.add(
+            GroupKey {
+                path: span.path.clone(),
+                model: span.model.clone(),
+                tags: std::collections::BTreeMap::new(),
+            },
+            Sample {
+                latency_ms: rec.duration_ms,
+                tokens: span.usage.prompt.zip(span.usage.completion).map(|(p, c)| p + c),
+                ..Sample::default()
+            },
+        );
+        Ok(())
+    }
+
+    /// Emits a `lost` record when the kernel dropped events.
+    pub fn lost(&mut self, events: u64, now: u64) -> io::Result<()> {
+        if events == 0 {
+            return Ok(());
+        }
+        self.summary.totals.lost_events += events;
+        log::warn!("{events} events dropped in the kernel (ring buffer full)");
+        self.sink
+            .write(&LostRecord::new(self.clock.rfc3339(now), events))
+    }
+
+    /// Ends every open span (flagged partial), then writes the summary.
+    pub fn finish(&mut self, start: u64, now: u64) -> io::Result<()> {
+        self.builder.flush(now, &mut self.spans);
+        self.emit()?;
+        let stats = self.builder.stats;
+        if stats.conn_overflow + stats.queue_overflow > 0 {
+            log::warn!(
+                "dropped {} connections and {} requests over the table limits",
+                stats.conn_overflow,
+                stats.queue_overflow
+            );
+        }
+        let rec = self
+            .summary
+            .record(self.clock.rfc3339(start), self.clock.rfc3339(now));
+        self.sink.write(&rec)?;
+        if let Some(w) = self.record.as_mut() {
+            w.flush()?;
+        }
+        self.sink.flush()
+    }
+}

@@ -1,0 +1,567 @@
+//! One connection's state machine: HTTP/1 request queue and response framing, or turn-taking.
+use std::{collections::VecDeque, net::SocketAddr};
+
+use super::{
+    Flags, Limits, Protocol, RequestSpan, SpanEvent, Stats,
+    http::{self, Framing, HeadParse, Request, RequestParser, ResponseHead, Seg},
+    scan::{self, Usage},
+};
+use crate::probe::{ConnId, Direction};
+
+/// What a connection needs from the builder while handling one event.
+pub(super) struct Ctx<'a> {
+    pub conn: ConnId,
+    pub next_id: &'a mut u64,
+    pub limits: Limits,
+    pub stats: &'a mut Stats,
+    pub out: &'a mut Vec<SpanEvent>,
+}
+
+impl Ctx<'_> {
+    fn new_id(&mut self) -> u64 {
+        *self.next_id += 1;
+        *self.next_id
+    }
+}
+
+/// A response being written.
+#[derive(Debug, Default)]
+struct Response {
+    /// Header bytes until the header block is complete.
+    buf: Vec<u8>,
+    head: Option<ResponseHead>,
+    first_byte: u64,
+    body: BodyWrites,
+    bytes_out: u64,
+    last_ts: u64,
+    usage: Usage,
+    model: Option<String>,
+    flags: Flags,
+}
+
+/// What a scan of one write found, applied to the responses it touches.
+struct Write<'a> {
+    usage: Usage,
+    head: &'a [u8],
+    tail: &'a [u8],
+}
+
+/// Per-write accounting of a response body.
+#[derive(Debug, Default)]
+struct BodyWrites {
+    /// First write carrying body bytes (first token of a stream).
+    first: Option<u64>,
+    /// Writes carrying body bytes (the chunk count of an unframed event stream).
+    writes: u32,
+    /// Writes while chunk framing was lost (added to the chunk count, which is then approximate).
+    lost_writes: u32,
+    /// Timestamp of the last write counted, so a write's head and tail count once.
+    counted_ts: u64,
+}
+
+impl BodyWrites {
+    fn note(&mut self, ts: u64, n: u64) {
+        if n > 0 {
+            self.count(ts, false);
+            self.first.get_or_insert(ts);
+        }
+    }
+
+    fn count(&mut self, ts: u64, lost: bool) {
+        if self.counted_ts != ts {
+            self.counted_ts = ts;
+            if lost {
+                self.lost_writes += 1;
+            } else {
+                self.writes += 1;
+            }
+        }
+    }
+}
+
+/// Turn-taking state for non-HTTP/1 protocols.
+#[derive(Debug)]
+struct Turn {
+    id: u64,
+    start: u64,
+    bytes_in: u64,
+    resp: Option<Response>,
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    proto: Option<Protocol>,
+    /// Seen from its accept, so the first inbound byte starts a request.
+    accepted: bool,
+    parser: RequestParser,
+    queue: VecDeque<Request>,
+    resp: Option<Response>,
+    turn: Option<Turn>,
+    /// Flags for the next span (e.g. sync lost between requests).
+    pending_flags: Flags,
+    /// Reads seen before the protocol could be told (connections first seen mid-stream).
+    undecided_reads: u8,
+}
+
+impl Conn {
+    pub fn new(accepted: bool) -> Self {
+        Self {
+            local: None,
+            peer: None,
+            proto: None,
+            accepted,
+            parser: if accepted {
+                RequestParser::default()
+            } else {
+                RequestParser::mid_stream()
+            },
+            queue: VecDeque::new(),
+            resp: None,
+            turn: None,
+            pending_flags: Flags::default(),
+            undecided_reads: 0,
+        }
+    }
+
+    pub fn on_data(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        ts: u64,
+        dir: Direction,
+        len: u64,
+        head: &[u8],
+        tail: &[u8],
+    ) {
+        let proto = match self.proto {
+            Some(p) => p,
+            None => {
+                let p = if dir == Direction::In && head.starts_with(http::H2_PREFACE) {
+                    Some(Protocol::Http2)
+                } else if dir == Direction::In && http::looks_like_request(head) {
+                    Some(Protocol::Http1)
+                } else if self.accepted {
+                    // From its first byte this is not HTTP: delimit by turn-taking.
+                    Some(Protocol::Tcp)
+                } else if dir == Direction::In {
+                    // Seen mid-stream: give a request line a few reads to show up.
+                    self.undecided_reads += 1;
+                    (self.undecided_reads > 8).then_some(Protocol::Tcp)
+                } else {
+                    None
+                };
+                match p {
+                    Some(p) => *self.proto.insert(p),
+                    None => return,
+                }
+            }
+        };
+        let segs = http::segments(head, tail, len);
+        match (proto, dir) {
+            (Protocol::Http1, Direction::In) => self.http_in(ctx, ts, segs),
+            (Protocol::Http1, Direction::Out) => self.http_out(ctx, ts, segs, head, tail),
+            (_, Direction::In) => self.turn_in(ctx, ts, len),
+            (_, Direction::Out) => self.turn_out(ctx, ts, len),
+        }
+    }
+
+    // -- HTTP/1 ------------------------------------------------------------------------------
+
+    fn http_in(&mut self, ctx: &mut Ctx<'_>, ts: u64, segs: [Seg<'_>; 3]) {
+        let before = self.queue.len();
+        for seg in segs {
+            let r = self.parser.feed(seg, ts, &mut self.queue);
+            if r.lost_sync {
+                self.pending_flags.set(Flags::TRUNCATED);
+            }
+        }
+        // Assign ids to the new requests, bounded per connection.
+        while self.queue.len() > ctx.limits.max_queued {
+            self.queue.pop_back();
+            ctx.stats.queue_overflow += 1;
+        }
+        let new = self.queue.len().saturating_sub(before);
+        if new == 0 {
+            return;
+        }
+        for i in before..self.queue.len() {
+            let id = ctx.new_id();
+            let r = &mut self.queue[i];
+            r.id = id;
+            // Bytes lost before this request may have hidden whole requests: say so on it.
+            if std::mem::take(&mut self.pending_flags).contains(Flags::TRUNCATED) {
+                r.truncated = true;
+            }
+            ctx.out.push(SpanEvent::Started {
+                id,
+                conn: ctx.conn,
+                start: r.start,
+            });
+        }
+        // An unframed response ends when the next request arrives.
+        if self
+            .resp
+            .as_ref()
+            .and_then(|r| r.head.as_ref())
+            .is_some_and(|h| h.framing == Framing::UntilClose)
+            && self.queue.len() > 1
+        {
+            let end = self.resp.as_ref().map_or(ts, |r| r.last_ts);
+            self.finish(ctx, end, Flags::default());
+        }
+    }
+
+    fn http_out(&mut self, ctx: &mut Ctx<'_>, ts: u64, segs: [Seg<'_>; 3], head: &[u8], tail: &[u8]) {
+        // Usage sits at a non-streamed body's end or in a stream's last chunk; scan the write
+        // before framing may finish its response.
+        let mut usage = scan::usage(head);
+        usage.merge(scan::usage(tail));
+        let write = Write { usage, head, tail };
+        for seg in segs {
+            self.out_seg(ctx, ts, seg, &write);
+        }
+        let Some(resp) = self.resp.as_mut() else {
+            return;
+        };
+        let Some(h) = resp.head.as_mut() else {
+            return;
+        };
+        let last = if tail.is_empty() { head } else { tail };
+        let done = match &mut h.framing {
+            Framing::Chunked(c) if c.lost() => {
+                c.resync_on_tail(last);
+                c.done()
+            }
+            Framing::UntilClose => h.event_stream && scan::sse_done(last),
+            _ => false,
+        };
+        if done {
+            self.finish(ctx, ts, Flags::default());
+        }
+    }
+
+    /// Consumes one segment of a write, finishing responses as their framing completes (a
+    /// write may end one pipelined response and start the next).
+    fn out_seg(&mut self, ctx: &mut Ctx<'_>, ts: u64, seg: Seg<'_>, write: &Write<'_>) {
+        let mut seg = seg;
+        loop {
+            if matches!(seg, Seg::Bytes([]) | Seg::Gap(0)) {
+                return;
+            }
+            if self.resp.is_none() {
+                if self.queue.is_empty() {
+                    ctx.stats.unsolicited_writes += 1;
+                    return;
+                }
+                self.resp = Some(Response {
+                    first_byte: ts,
+                    ..Response::default()
+                });
+            }
+            let head_req = self.queue.front().is_some_and(|r| r.method == "HEAD");
+            let resp = self.resp.as_mut().expect("set above");
+            if resp.last_ts != ts {
+                // First segment of this write for this response.
+                resp.last_ts = ts;
+                resp.usage.merge(write.usage);
+                if resp.model.is_none() {
+                    resp.model = scan::model(write.head).or_else(|| scan::model(write.tail));
+                }
+            }
+            let Some(h) = resp.head.as_mut() else {
+                // Still in the header block.
+                match seg {
+                    Seg::Gap(n) => {
+                        resp.bytes_out += n;
+                        resp.flags.set(Flags::TRUNCATED);
+                        resp.head = Some(ResponseHead {
+                            status: 0,
+                            framing: Framing::UntilClose,
+                            event_stream: false,
+                            len: 0,
+                        });
+                        return;
+                    }
+                    Seg::Bytes(b) => {
+                        let old = resp.buf.len();
+                        resp.buf.extend_from_slice(b);
+                        match http::parse_response_head(&resp.buf, head_req) {
+                            HeadParse::Partial => {
+                                resp.bytes_out += b.len() as u64;
+                                return;
+                            }
+                            HeadParse::Invalid => {
+                                resp.bytes_out += b.len() as u64;
+                                resp.flags.set(Flags::MALFORMED);
+                                resp.head = Some(ResponseHead {
+                                    status: 0,
+                                    framing: Framing::UntilClose,
+                                    event_stream: false,
+                                    len: 0,
+                                });
+                                return;
+                            }
+                            HeadParse::Complete(h) => {
+                                let used = h.len - old;
+                                resp.bytes_out += used as u64;
+                                resp.buf = Vec::new();
+                                seg = Seg::Bytes(&b[used..]);
+                                if (100..200).contains(&h.status) {
+                                    continue; // 100 Continue: the real head follows
+                                }
+                                let empty = h.framing == Framing::Empty;
+                                resp.head = Some(h);
+                                if empty {
+                                    self.finish(ctx, ts, Flags::default());
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                }
+            };
+            // In the body.
+            let n = match seg {
+                Seg::Bytes(b) => b.len() as u64,
+                Seg::Gap(n) => n,
+            };
+            match &mut h.framing {
+                Framing::Length(rem) => {
+                    let k = (*rem).min(n);
+                    *rem -= k;
+                    resp.bytes_out += k;
+                    resp.body.note(ts, k);
+                    if *rem == 0 {
+                        seg = advance(seg, k);
+                        self.finish(ctx, ts, Flags::default());
+                        continue;
+                    }
+                    return;
+                }
+                Framing::Chunked(c) => match seg {
+                    Seg::Gap(n) => {
+                        c.skip(n);
+                        resp.bytes_out += n;
+                        if c.lost() {
+                            resp.flags.set(Flags::TRUNCATED);
+                            resp.body.count(ts, true);
+                        }
+                        return;
+                    }
+                    Seg::Bytes(b) => {
+                        let before = c.chunks;
+                        let k = match c.feed(b) {
+                            Ok(k) => k,
+                            Err(()) => {
+                                resp.flags.set(Flags::MALFORMED);
+                                c.skip(u64::MAX);
+                                b.len()
+                            }
+                        };
+                        resp.bytes_out += k as u64;
+                        if c.chunks > before {
+                            resp.body.first.get_or_insert(ts);
+                        }
+                        if c.lost() {
+                            resp.body.count(ts, true);
+                        }
+                        if c.done() {
+                            seg = Seg::Bytes(&b[k..]);
+                            self.finish(ctx, ts, Flags::default());
+                            continue;
+                        }
+                        return;
+                    }
+                },
+                Framing::UntilClose | Framing::Empty => {
+                    resp.bytes_out += n;
+                    resp.body.note(ts, n);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Emits the span for the request at the front of the queue with the current response.
+    fn finish(&mut self, ctx: &mut Ctx<'_>, end: u64, extra: Flags) {
+        let Some(req) = self.queue.pop_front() else {
+            self.resp = None;
+            return;
+        };
+        let resp = self.resp.take();
+        let mut flags = extra;
+        if req.truncated {
+            flags.set(Flags::TRUNCATED);
+        }
+        if req.malformed {
+            flags.set(Flags::MALFORMED);
+        }
+        let mut usage = Usage::default();
+        let model = scan::model(&req.body_head);
+        let (status, first_byte, first_chunk, chunks, bytes_out, resp_model) = match resp {
+            Some(r) => {
+                flags.set(r.flags);
+                usage = r.usage;
+                let (status, chunks) = match &r.head {
+                    Some(h) => {
+                        let chunks = match &h.framing {
+                            Framing::Chunked(c) => Some(c.chunks + r.body.lost_writes),
+                            Framing::UntilClose if h.event_stream => Some(r.body.writes),
+                            _ => None,
+                        };
+                        if chunks.is_some() {
+                            flags.set(Flags::STREAMED);
+                        }
+                        ((h.status != 0).then_some(h.status), chunks)
+                    }
+                    None => {
+                        flags.set(Flags::PARTIAL);
+                        (None, None)
+                    }
+                };
+                (status, Some(r.first_byte), r.body.first, chunks, r.bytes_out, r.model)
+            }
+            None => {
+                flags.set(Flags::NO_RESPONSE);
+                (None, None, None, None, 0, None)
+            }
+        };
+        ctx.out.push(SpanEvent::Finished(RequestSpan {
+            id: req.id,
+            conn: ctx.conn,
+            local: self.local,
+            peer: self.peer,
+            protocol: Protocol::Http1,
+            method: Some(req.method),
+            path: Some(req.path),
+            status,
+            start: req.start,
+            end: end.max(req.start),
+            first_byte,
+            first_chunk,
+            chunks,
+            bytes_in: req.bytes_in,
+            bytes_out,
+            model: model.or(resp_model),
+            usage,
+            flags,
+        }));
+    }
+
+    // -- Turn-taking (HTTP/2, other TCP) --------------------------------------------------------
+
+    fn turn_in(&mut self, ctx: &mut Ctx<'_>, ts: u64, len: u64) {
+        if self.turn.as_ref().is_some_and(|t| t.resp.is_some()) {
+            self.finish_turn(ctx, None, Flags::default());
+        }
+        if self.turn.is_none() {
+            let id = ctx.new_id();
+            ctx.out.push(SpanEvent::Started {
+                id,
+                conn: ctx.conn,
+                start: ts,
+            });
+            self.turn = Some(Turn {
+                id,
+                start: ts,
+                bytes_in: 0,
+                resp: None,
+            });
+        }
+        if let Some(t) = self.turn.as_mut() {
+            t.bytes_in += len;
+        }
+    }
+
+    fn turn_out(&mut self, ctx: &mut Ctx<'_>, ts: u64, len: u64) {
+        let Some(t) = self.turn.as_mut() else {
+            ctx.stats.unsolicited_writes += 1;
+            return;
+        };
+        let r = t.resp.get_or_insert_with(|| Response {
+            first_byte: ts,
+            ..Response::default()
+        });
+        r.bytes_out += len;
+        r.last_ts = ts;
+        r.body.count(ts, false);
+    }
+
+    fn finish_turn(&mut self, ctx: &mut Ctx<'_>, closed_at: Option<u64>, extra: Flags) {
+        let Some(t) = self.turn.take() else {
+            return;
+        };
+        let proto = self.proto.unwrap_or(Protocol::Tcp);
+        let mut flags = extra;
+        if proto == Protocol::Http2 {
+            flags.set(Flags::APPROXIMATE);
+        }
+        let end = match (&t.resp, closed_at) {
+            (Some(r), _) => r.last_ts,
+            (None, Some(c)) => {
+                flags.set(Flags::NO_RESPONSE);
+                c
+            }
+            (None, None) => t.start,
+        };
+        ctx.out.push(SpanEvent::Finished(RequestSpan {
+            id: t.id,
+            conn: ctx.conn,
+            local: self.local,
+            peer: self.peer,
+            protocol: proto,
+            method: None,
+            path: None,
+            status: None,
+            start: t.start,
+            end,
+            first_byte: t.resp.as_ref().map(|r| r.first_byte),
+            first_chunk: None,
+            chunks: t.resp.as_ref().map(|r| r.body.writes),
+            bytes_in: t.bytes_in,
+            bytes_out: t.resp.as_ref().map_or(0, |r| r.bytes_out),
+            model: None,
+            usage: Usage::default(),
+            flags,
+        }));
+    }
+
+    /// The connection ended (close, process exit, shutdown). `abrupt` marks in-flight spans
+    /// partial even when their framing allowed an end at close.
+    pub fn close(&mut self, conn: ConnId, ts: u64, abrupt: bool, out: &mut Vec<SpanEvent>) {
+        let mut next_id = 0;
+        let mut stats = Stats::default();
+        let mut ctx = Ctx {
+            conn,
+            next_id: &mut next_id,
+            limits: Limits::default(),
+            stats: &mut stats,
+            out,
+        };
+        if self.turn.is_some() {
+            let flags = if abrupt { Flags::PARTIAL } else { Flags::default() };
+            self.finish_turn(&mut ctx, Some(ts), flags);
+        }
+        if let Some(r) = &self.resp {
+            let until_close = r.head.as_ref().is_some_and(|h| h.framing == Framing::UntilClose);
+            let flags = if until_close && !abrupt {
+                Flags::default()
+            } else {
+                Flags::PARTIAL
+            };
+            let end = r.last_ts;
+            self.finish(&mut ctx, end, flags);
+        }
+        while !self.queue.is_empty() {
+            self.finish(&mut ctx, ts, Flags::PARTIAL);
+        }
+    }
+}
+
+fn advance(seg: Seg<'_>, k: u64) -> Seg<'_> {
+    match seg {
+        Seg::Bytes(b) => Seg::Bytes(&b[k as usize..]),
+        Seg::Gap(n) => Seg::Gap(n - k),
+    }
+}

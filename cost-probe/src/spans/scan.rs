@@ -1,0 +1,141 @@
+//! Finding the few JSON values we need (model, token usage) in partial payload bytes.
+//!
+//! Bodies arrive as bounded head/tail slices, so a full JSON parse is usually impossible; a key
+//! scan tolerates truncation. Only exact keys of the OpenAI-compatible and Ollama schemas count.
+use memchr::memmem;
+
+/// Token counts reported by the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: Option<u64>,
+    pub completion: Option<u64>,
+}
+
+impl Usage {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.prompt.is_none() && self.completion.is_none()
+    }
+    /// Later values win (the last chunk of a stream carries the totals).
+    pub fn merge(&mut self, newer: Usage) {
+        if newer.prompt.is_some() {
+            self.prompt = newer.prompt;
+        }
+        if newer.completion.is_some() {
+            self.completion = newer.completion;
+        }
+    }
+}
+
+/// The value after `"key"` and a colon, with JSON whitespace skipped.
+fn value_after<'a>(bytes: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut from = 0;
+    // The last occurrence is the one that counts (e.g. a cumulative count in the last chunk).
+    let mut found = None;
+    while let Some(i) = memmem::find(&bytes[from..], key) {
+        let at = from + i + key.len();
+        let rest = &bytes[at..];
+        let rest = trim_ws(rest);
+        if let Some(rest) = rest.strip_prefix(b":") {
+            found = Some(trim_ws(rest));
+        }
+        from = at;
+    }
+    found
+}
+
+fn trim_ws(b: &[u8]) -> &[u8] {
+    let n = b
+        .iter()
+        .take_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+        .count();
+    &b[n..]
+}
+
+fn int_after(bytes: &[u8], key: &[u8]) -> Option<u64> {
+    let v = value_after(bytes, key)?;
+    let n = v.iter().take_while(|c| c.is_ascii_digit()).count();
+    // A number cut off by the end of the captured bytes is not trusted.
+    if n == 0 || n == v.len() {
+        return None;
+    }
+    std::str::from_utf8(&v[..n]).ok()?.parse().ok()
+}
+
+/// Token usage in OpenAI-compatible (`prompt_tokens`, `completion_tokens`) or Ollama
+/// (`prompt_eval_count`, `eval_count`) form.
+#[must_use]
+pub fn usage(bytes: &[u8]) -> Usage {
+    // Cheap gate: most writes of a stream carry no usage at all.
+    if memmem::find(bytes, b"_tokens\"").is_none() && memmem::find(bytes, b"eval_count\"").is_none()
+    {
+        return Usage::default();
+    }
+    Usage {
+        prompt: int_after(bytes, b"\"prompt_tokens\"")
+            .or_else(|| int_after(bytes, b"\"prompt_eval_count\"")),
+        completion: int_after(bytes, b"\"completion_tokens\"")
+            .or_else(|| int_after(bytes, b"\"eval_count\"")),
+    }
+}
+
+/// The `"model"` string value, if complete in these bytes.
+#[must_use]
+pub fn model(bytes: &[u8]) -> Option<String> {
+    let v = value_after(bytes, b"\"model\"")?;
+    let v = v.strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', v)?;
+    let s = std::str::from_utf8(&v[..end]).ok()?;
+    // Model names are identifiers; anything else is not a model name we report.
+    (!s.is_empty() && s.len() <= 128 && !s.contains('\\')).then(|| s.to_owned())
+}
+
+/// Whether an SSE stream's terminator is in these bytes.
+#[must_use]
+pub fn sse_done(bytes: &[u8]) -> bool {
+    memmem::find(bytes, b"data: [DONE]").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_cpp_last_chunk_has_usage_before_timings() {
+        // Shape of llama.cpp server's final streamed chunk (usage, then timings).
+        let b = br#"data: {"choices":[{"finish_reason":"stop","index":0,"delta":{}}],"created":1,"model":"smollm2","object":"chat.completion.chunk","usage":{"completion_tokens":12,"prompt_tokens":31,"total_tokens":43},"timings":{"prompt_n":31,"prompt_ms":40.1,"predicted_n":12,"predicted_ms":100.2}}"#;
+        assert_eq!(
+            usage(b),
+            Usage {
+                prompt: Some(31),
+                completion: Some(12)
+            }
+        );
+        assert_eq!(model(b).as_deref(), Some("smollm2"));
+    }
+
+    #[test]
+    fn ollama_counts() {
+        let b = br#"{"model":"llama3","done":true,"prompt_eval_count": 26,"eval_count": 290}"#;
+        assert_eq!(
+            usage(b),
+            Usage {
+                prompt: Some(26),
+                completion: Some(290)
+            }
+        );
+    }
+
+    #[test]
+    fn truncated_numbers_and_strings_are_not_trusted() {
+        assert_eq!(usage(br#""prompt_tokens":12"#).prompt, None);
+        assert_eq!(model(br#"{"model":"llam"#), None);
+        assert_eq!(model(br#"{"model": 3}"#), None);
+    }
+
+    #[test]
+    fn whitespace_and_last_occurrence() {
+        let b = b"{\"completion_tokens\" :\n 1, \"completion_tokens\": 7 }";
+        assert_eq!(usage(b).completion, Some(7));
+    }
+}
