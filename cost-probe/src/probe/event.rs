@@ -299,7 +299,7 @@ mod tests {
             len,
             head_len: head.len() as u16,
             tail_len: tail.len() as u16,
-            _pad: 0,
+            pad: 0,
             head: [0; HEAD_LEN],
             tail: [0; TAIL_LEN],
         };
