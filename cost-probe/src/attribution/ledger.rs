@@ -378,44 +378,53 @@ impl Ledger {
                 other,
             };
         }
+        // Only boundaries inside the interval need sorting: spans already running at its start
+        // are live from the outset, and spans still running at its end close with the final
+        // segment. With long requests that leaves a handful of events per interval.
+        let n = self.active.len();
+        self.sweep.clear();
+        self.ps_start.clear();
+        self.ps_start.resize(n, 0);
         self.ps_share.clear();
-        let mut busy = 0u64;
-        let whole = self.active.iter().all(|&slot| {
-            self.spans[slot].start <= iv.start && self.spans[slot].end.is_none_or(|e| e >= iv.end)
-        });
-        if whole {
-            // Every active span covers the interval: equal shares, no sweep needed.
-            busy = dt;
-            self.ps_share.resize(self.active.len(), 1);
-        } else {
-            self.sweep.clear();
-            for (k, &slot) in self.active.iter().enumerate() {
-                let span = &self.spans[slot];
-                let s = span.start.max(iv.start).0;
-                let e = span.end.unwrap_or(iv.end).min(iv.end).0;
-                self.sweep.push((s, true, k as u32));
-                self.sweep.push((e, false, k as u32));
+        self.ps_share.resize(n, u128::MAX);
+        let mut live = 0u64;
+        for (k, &slot) in self.active.iter().enumerate() {
+            let span = &self.spans[slot];
+            let s = span.start.max(iv.start);
+            let e = span.end.unwrap_or(iv.end).min(iv.end);
+            if s > iv.start {
+                self.sweep.push((s.0, true, k as u32));
+            } else {
+                live += 1;
             }
-            // Ends sort before starts at the same instant (false < true): a zero-length gap.
-            self.sweep.sort_unstable();
-            self.ps_start.clear();
-            self.ps_start.resize(self.active.len(), 0);
-            self.ps_share.resize(self.active.len(), 0);
-            let (mut integral, mut live, mut prev) = (0u128, 0u64, iv.start.0);
-            for &(t, is_start, k) in &self.sweep {
-                if live > 0 && t > prev {
-                    let len = t - prev;
-                    busy += len;
-                    integral += (u128::from(len) << PS_SHIFT) / u128::from(live);
-                }
-                prev = t;
-                if is_start {
-                    live += 1;
-                    self.ps_start[k as usize] = integral;
-                } else {
-                    live -= 1;
-                    self.ps_share[k as usize] = integral - self.ps_start[k as usize];
-                }
+            if e < iv.end {
+                self.sweep.push((e.0, false, k as u32));
+            }
+        }
+        // Ends sort before starts at the same instant (false < true): a zero-length gap.
+        self.sweep.sort_unstable();
+        let (mut integral, mut prev, mut busy) = (0u128, iv.start.0, 0u64);
+        for &(t, is_start, k) in self.sweep.iter().chain([&(iv.end.0, false, u32::MAX)]) {
+            if live > 0 && t > prev {
+                let len = t - prev;
+                busy += len;
+                integral += (u128::from(len) << PS_SHIFT) / u128::from(live);
+            }
+            prev = t;
+            if k == u32::MAX {
+                break;
+            }
+            if is_start {
+                live += 1;
+                self.ps_start[k as usize] = integral;
+            } else {
+                live -= 1;
+                self.ps_share[k as usize] = integral - self.ps_start[k as usize];
+            }
+        }
+        for (share, start) in self.ps_share.iter_mut().zip(&self.ps_start) {
+            if *share == u128::MAX {
+                *share = integral - start;
             }
         }
         let busy_cap = u128::from(target) * u128::from(busy) / u128::from(dt);
