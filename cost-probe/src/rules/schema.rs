@@ -274,6 +274,14 @@ pub struct PathsFile {
     pub rewrite: Vec<Rewrite>,
 }
 
+/// regex's errors draw a caret diagram over several lines; its last line says what is wrong, and
+/// the rules error already points at the value.
+fn one_line(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().last().unwrap_or_default();
+    last.strip_prefix("error: ").unwrap_or(last).to_owned()
+}
+
 /// A regex compiled when the rules load.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(try_from = "String")]
@@ -284,7 +292,7 @@ impl TryFrom<String> for Pattern {
     fn try_from(s: String) -> Result<Self, String> {
         Regex::new(&s)
             .map(Self)
-            .map_err(|e| format!("invalid regex: {e}"))
+            .map_err(|e| format!("invalid regex: {}", one_line(&e)))
     }
 }
 
@@ -311,7 +319,7 @@ impl TryFrom<String> for Glob {
         re.push('$');
         Regex::new(&re)
             .map(Self)
-            .map_err(|e| format!("invalid glob: {e}"))
+            .map_err(|e| format!("invalid glob: {}", one_line(&e)))
     }
 }
 
