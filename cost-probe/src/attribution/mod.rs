@@ -1,0 +1,351 @@
+//! Joules and device-seconds per request, from per-domain energy intervals and request spans.
+//!
+//! Pure: values in, values out, no I/O and no clocks. The integrator feeds span events and energy
+//! intervals in time order (span events stamped before an interval's end should reach the
+//! [`Ledger`] before that interval does); the ledger answers each interval with an
+//! [`IntervalRecord`] and hands finished requests back through [`Ledger::drain_ready`].
+//!
+//! # Method (DESIGN.md "Attribution", with the changes noted)
+//! For each interval of domain d:
+//! 1. `target = measured × share` (exact rational, floor), `other = measured − target`.
+//! 2. Idle power `P_idle(d)` is, in order of precedence: a value pinned for the domain
+//!    ([`Ledger::set_domain_idle_watts`], e.g. rules `[gpu.X] idle_watts`), the fixed
+//!    `[attribution] idle_power = <watts>`, or LEARNED (see below); with none of these, 0.
+//!    `static = min(target, share × P_idle × Δt)`, `dynamic = target − static`.
+//!    *Change from DESIGN*: the idle floor is scaled by the target's share, because `P_idle` is a
+//!    whole-device figure and the other processes' part of the device already carries its own
+//!    slice of the floor inside `other`. With share 1 (the common case) this is DESIGN's formula.
+//! 3. `dynamic` is split among requests active in the interval by overlap time (or overlap ×
+//!    tokens); `static` goes to `idle`, or is split the same way under `idle = "amortize"`.
+//!    With no request active, all of `target` is idle.
+//! 4. Every split is a floor division; the remainders go to `idle`, so
+//!    `Σ requests + idle + other == measured` holds exactly in integer microjoules, and no part is
+//!    ever negative (all arithmetic is unsigned and each part is bounded by what it splits).
+//!
+//! LEARNED idle power: over intervals in which no request of the target is active, the device's
+//! power (`measured / Δt`, whole device) is kept in a ring of the last `idle_window` samples; the
+//! estimate is its `idle_percentile`-th percentile (default 5th), used once `MIN_IDLE_SAMPLES`
+//! samples exist. A low percentile rather than the mean because the first idle intervals after a
+//! burst still carry ramp-down power, and another process may briefly use the device.
+//!
+//! Capacity uses processor sharing on device-time: within the interval, each instant of the
+//! target's device-time (`devices × Δt × share`) is shared equally by the requests active at that
+//! instant; instants with none are idle capacity; the rest of the device is `other`. A request
+//! that shares a GPU with 7 others for a whole second gets 1/8 GPU-second.
+//!
+//! Token split: a request's tokens are only known when its span ends, so an interval that a
+//! still-open request overlaps weighs it by the mean token count of requests ended so far (1
+//! before any), and the request is flagged `token_weight_estimated`.
+
+mod idle;
+mod ledger;
+#[cfg(test)]
+mod tests;
+
+use serde::Serialize;
+
+pub use self::ledger::{Audit, Ledger, LedgerCounters};
+use crate::units::{MicroJoules, Nanos};
+
+/// Fewest idle-interval samples before a learned idle power is trusted.
+pub const MIN_IDLE_SAMPLES: usize = 5;
+
+/// What kind of energy a domain measures; a request's joules and device-seconds are kept per class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainClass {
+    Gpu,
+    /// RAPL package, psys, or the CPU power model.
+    Cpu,
+    Dram,
+}
+
+/// A small id the integrator assigns to each energy domain (GPU 0, RAPL package 0, …); names
+/// stay with the integrator so the hot path compares integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DomainId(pub u32);
+
+/// An exact fraction in `[0, 1]`: the target's part of a domain's energy in one interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    num: u64,
+    den: u64,
+}
+
+impl Share {
+    pub const ALL: Self = Self { num: 1, den: 1 };
+    pub const NONE: Self = Self { num: 0, den: 1 };
+
+    /// `num / den`, clamped to 1. A zero denominator (no busy time at all on the host) means the
+    /// target used none of the domain.
+    #[must_use]
+    pub fn new(num: u64, den: u64) -> Self {
+        if den == 0 {
+            Self::NONE
+        } else {
+            Self {
+                num: num.min(den),
+                den,
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn num(self) -> u64 {
+        self.num
+    }
+
+    #[must_use]
+    pub fn den(self) -> u64 {
+        self.den
+    }
+
+    /// `⌊x × share⌋`; never more than `x`.
+    #[must_use]
+    pub fn apply(self, x: u64) -> u64 {
+        (u128::from(x) * u128::from(self.num) / u128::from(self.den)) as u64
+    }
+
+    fn apply_wide(self, x: u128) -> u128 {
+        // Split the multiplication so `x × num` cannot overflow even for huge x.
+        let (q, r) = (x / u128::from(self.den), x % u128::from(self.den));
+        q * u128::from(self.num) + r * u128::from(self.num) / u128::from(self.den)
+    }
+}
+
+/// One interval of one energy domain, as the energy sampler measured it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainInterval {
+    pub domain: DomainId,
+    pub class: DomainClass,
+    pub start: Nanos,
+    pub end: Nanos,
+    /// Whole-device energy over `[start, end)`.
+    pub measured: MicroJoules,
+    /// GPU: the target's share of per-process SM utilisation; CPU: target CPU time ÷ host busy
+    /// time.
+    pub target_share: Share,
+    /// The energy comes from the CPU power model, not a counter.
+    pub estimated: bool,
+    /// The energy was integrated from power samples rather than read from an energy counter.
+    pub integrated: bool,
+    /// Devices behind the domain (cores, or 1 GPU): capacity is `devices × Δt`.
+    pub devices: u32,
+}
+
+/// How the target's idle (static) energy is reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IdleMode {
+    /// An explicit `idle` bucket, priced separately.
+    #[default]
+    Explicit,
+    /// Split over the requests active in the interval, like dynamic energy.
+    Amortize,
+}
+
+/// How energy is split among requests active in an interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SplitMode {
+    /// By overlap time.
+    #[default]
+    Time,
+    /// By overlap time × the request's tokens.
+    Tokens,
+}
+
+/// Where a domain's idle power comes from when none is pinned for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum IdlePower {
+    #[default]
+    Learned,
+    Watts(f64),
+}
+
+/// Which idle power an interval used (for the interval record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleSource {
+    Pinned,
+    Fixed,
+    Learned,
+    /// Nothing known yet: all target energy counted dynamic.
+    #[default]
+    None,
+}
+
+/// Ledger settings; `rules::Rules::ledger_config` builds one from `[attribution]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LedgerConfig {
+    pub idle: IdleMode,
+    pub split: SplitMode,
+    pub idle_power: IdlePower,
+    /// Spans started but not ended beyond this many evict the oldest (flagged `evicted`).
+    pub max_open_spans: usize,
+    /// Percentile (0–100) of idle-interval power taken as learned idle power.
+    pub idle_percentile: u8,
+    /// Idle-interval power samples kept per domain.
+    pub idle_window: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            idle: IdleMode::Explicit,
+            split: SplitMode::Time,
+            idle_power: IdlePower::Learned,
+            max_open_spans: 10_000,
+            idle_percentile: 5,
+            idle_window: 3_000,
+        }
+    }
+}
+
+/// One value per domain class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PerClass<T> {
+    pub gpu: T,
+    pub cpu: T,
+    pub dram: T,
+}
+
+impl<T> PerClass<T> {
+    pub fn get_mut(&mut self, class: DomainClass) -> &mut T {
+        match class {
+            DomainClass::Gpu => &mut self.gpu,
+            DomainClass::Cpu => &mut self.cpu,
+            DomainClass::Dram => &mut self.dram,
+        }
+    }
+
+    pub fn get(&self, class: DomainClass) -> &T {
+        match class {
+            DomainClass::Gpu => &self.gpu,
+            DomainClass::Cpu => &self.cpu,
+            DomainClass::Dram => &self.dram,
+        }
+    }
+}
+
+/// Qualifiers on a request's numbers; [`RequestFlags::names`] gives the record's `flags` strings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent yes/no facts, emitted as a list of names"
+)]
+pub struct RequestFlags {
+    /// Some CPU energy came from the power model.
+    pub estimated_cpu: bool,
+    /// Some GPU energy was integrated from power samples.
+    pub integrated_gpu: bool,
+    /// Some intervals the request spans were never seen (shutdown, or a late span start).
+    pub partial_energy: bool,
+    /// The span never ended (drained at shutdown or evicted).
+    pub unfinished: bool,
+    /// Evicted by the open-span cap.
+    pub evicted: bool,
+    /// Token split used an estimated token count for this request.
+    pub token_weight_estimated: bool,
+}
+
+impl RequestFlags {
+    /// The set flags, as the record's `flags` strings.
+    #[must_use]
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.estimated_cpu, "estimated_cpu"),
+            (self.integrated_gpu, "integrated_gpu"),
+            (self.partial_energy, "partial_energy"),
+            (self.unfinished, "unfinished"),
+            (self.evicted, "evicted"),
+            (self.token_weight_estimated, "token_weight_estimated"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+    }
+}
+
+/// What one finished request consumed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestEnergy {
+    pub energy: PerClass<MicroJoules>,
+    /// Device-nanoseconds (GPU-ns, core-ns, DRAM-zone-ns).
+    pub device_ns: PerClass<u64>,
+    pub flags: RequestFlags,
+}
+
+/// Joules in the record shape `energy_j {gpu, cpu, dram, total}`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct EnergyJoules {
+    pub gpu: f64,
+    pub cpu: f64,
+    pub dram: f64,
+    pub total: f64,
+}
+
+impl RequestEnergy {
+    #[must_use]
+    pub fn total(&self) -> MicroJoules {
+        self.energy.gpu + self.energy.cpu + self.energy.dram
+    }
+
+    #[must_use]
+    pub fn energy_j(&self) -> EnergyJoules {
+        EnergyJoules {
+            gpu: self.energy.gpu.joules(),
+            cpu: self.energy.cpu.joules(),
+            dram: self.energy.dram.joules(),
+            total: self.total().joules(),
+        }
+    }
+
+    #[must_use]
+    pub fn device_seconds(&self) -> PerClass<f64> {
+        PerClass {
+            gpu: self.device_ns.gpu as f64 / 1e9,
+            cpu: self.device_ns.cpu as f64 / 1e9,
+            dram: self.device_ns.dram as f64 / 1e9,
+        }
+    }
+}
+
+/// Device-time of one interval, split like the energy (device-nanoseconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CapacitySplit {
+    pub total: u64,
+    pub attributed: u64,
+    pub idle: u64,
+    pub other: u64,
+}
+
+/// The ledger's answer to one interval: the `interval` record's numbers plus the audit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct IntervalRecord {
+    pub domain: DomainId,
+    pub class: DomainClass,
+    pub start: Nanos,
+    pub end: Nanos,
+    pub measured: MicroJoules,
+    pub attributed: MicroJoules,
+    pub idle: MicroJoules,
+    pub other: MicroJoules,
+    /// The target's static part (in `idle` unless amortized).
+    pub static_energy: MicroJoules,
+    pub idle_power_uw: u64,
+    pub idle_source: IdleSource,
+    pub active_requests: u32,
+    pub capacity: CapacitySplit,
+}
+
+impl IntervalRecord {
+    /// Whether energy and capacity add up exactly.
+    #[must_use]
+    pub fn is_conserved(&self) -> bool {
+        u128::from(self.attributed.0) + u128::from(self.idle.0) + u128::from(self.other.0)
+            == u128::from(self.measured.0)
+            && u128::from(self.capacity.attributed)
+                + u128::from(self.capacity.idle)
+                + u128::from(self.capacity.other)
+                == u128::from(self.capacity.total)
+    }
+}
