@@ -18,7 +18,8 @@ Prints exactly one line `listening PORT` on stdout once `GET /health` answers 20
 else (llama.cpp's logs) goes to stderr. Runs until SIGTERM/SIGINT, then shuts down and exits 0.
 
 Server defaults: 127.0.0.1 only, 2 compute threads, n_ctx 1024, one slot (n_parallel 1),
-greedy sampling (temp 0, top_k 1, seed 42) so outputs and token counts are stable.
+greedy sampling (temp 0, top_k 1, seed 42) so outputs and token counts are stable,
+256 tokens at most when a request sets no max_tokens; responses say "model": "SmolLM2-135M-Instruct".
 Environment overrides: LLAMA_N_CTX, LLAMA_N_PARALLEL, LLAMA_THREADS.
 """
 import importlib.util
@@ -32,6 +33,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ALIAS = "SmolLM2-135M-Instruct"
 
 
 def model_path() -> str:
@@ -84,6 +86,7 @@ def main() -> int:
     threads = int(os.environ.get("LLAMA_THREADS", "2"))
     p = xlc.CommonParams()
     p.model.path = model_path()
+    p.model_alias = {MODEL_ALIAS}  # the `model` field of every response (request's is ignored)
     p.hostnames = ["127.0.0.1"]
     p.port = port
     p.n_ctx = int(os.environ.get("LLAMA_N_CTX", "1024"))
