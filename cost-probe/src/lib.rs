@@ -2,4 +2,5 @@
 //!
 //! Modules follow the data path: `probe` (kernel events) → `spans` (requests) → `energy`
 //! (samples) → `attribution` (joules per request) → `pricing` (dollars, CO2) → `output` (sinks).
+pub mod energy;
 pub mod units;
