@@ -205,7 +205,7 @@ pub struct PerfPowerSource {
 
 impl PerfPowerSource {
     /// Opens every usable event once per package (psys once) and keeps those that advance within
-    /// `window`. Fails with [`EnergyError::Unavailable`], in words, when none does.
+    /// `window` (zero keeps all). Fails with [`EnergyError::Unavailable`], in words, when none does.
     pub fn open(pmu: &Pmu, window: Duration) -> Result<Self, EnergyError> {
         if pmu.pmu_type.is_none() {
             return Err(EnergyError::Unavailable(describe_absence(pmu, &[])));
@@ -289,7 +289,7 @@ impl PerfPowerSource {
     /// open fine and count nothing (the hypervisor does not pass the MSRs through); reporting
     /// their 0 J as a measurement would hide the CPU model fallback.
     fn drop_stuck(&mut self, window: Duration) {
-        if self.open.is_empty() {
+        if self.open.is_empty() || window.is_zero() {
             return;
         }
         let first: Vec<Option<u64>> = self

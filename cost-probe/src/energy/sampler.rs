@@ -28,6 +28,9 @@ pub struct SamplerConfig {
     pub cpu_model: Option<CpuModelParams>,
     /// Snapshots buffered for a slow consumer before ticks are dropped (counted, never blocking).
     pub channel_capacity: usize,
+    /// How long RAPL counters are watched at start-up to reject ones that never move (default
+    /// 50 ms). Zero skips the check (fake sysfs trees in tests and benchmarks).
+    pub liveness_window: Duration,
 }
 
 impl Default for SamplerConfig {
@@ -36,6 +39,7 @@ impl Default for SamplerConfig {
             interval: Duration::from_millis(100),
             cpu_model: None,
             channel_capacity: 16,
+            liveness_window: rapl::LIVENESS_WINDOW,
         }
     }
 }
@@ -43,7 +47,7 @@ impl Default for SamplerConfig {
 /// Whether a source is used, and why (not), in words for records and the doctor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SourceStatus {
-    /// `nvml`, `powercap`, `perf-power`, `cpu-model` or `cputime`.
+    /// `nvml`, `powercap`, `perf-power`, `cpu-model`, `cputime`, or `extra` (added by the caller).
     pub source: &'static str,
     pub used: bool,
     pub message: String,
@@ -102,6 +106,7 @@ pub struct SamplerBuilder {
     roots: Roots,
     config: SamplerConfig,
     nvml: NvmlChoice,
+    extra: Vec<Box<dyn EnergySource>>,
 }
 
 impl SamplerBuilder {
@@ -111,7 +116,15 @@ impl SamplerBuilder {
             roots,
             config: SamplerConfig::default(),
             nvml: NvmlChoice::Real,
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a source beyond those found from the roots (sampled after them).
+    #[must_use]
+    pub fn source(mut self, source: Box<dyn EnergySource>) -> Self {
+        self.extra.push(source);
+        self
     }
 
     #[must_use]
@@ -136,123 +149,125 @@ impl SamplerBuilder {
 
     #[must_use]
     pub fn build(self) -> Sampler {
-        let mut status = Vec::new();
-        let mut note = |source, used, message: String| {
-            if used {
-                log::info!("energy: {source}: {message}");
-            } else {
-                log::info!("energy: {source} not used: {message}");
-            }
-            status.push(SourceStatus {
-                source,
-                used,
-                message,
-            });
-        };
-        let now = monotonic_now();
-        let backend = match self.nvml {
-            NvmlChoice::Real => RealNvml::init(self.roots.nvml_lib.as_deref())
-                .map(|b| Box::new(b) as Box<dyn NvmlBackend>)
-                .map_err(|e| explain_init_error(&e)),
-            NvmlChoice::Backend(b) => Ok(b),
-            NvmlChoice::Off => Err("GPU sampling switched off".to_owned()),
-        };
-        let nvml = match backend.map(|b| NvmlSource::new(b, now)) {
-            Ok(Ok(src)) if !src.domains().is_empty() => {
-                note(
-                    "nvml",
-                    true,
-                    format!("{} GPU(s) measured", src.domains().len()),
-                );
-                Some(src)
-            }
-            Ok(Ok(src)) if src.gpus().len() == 0 => {
-                note("nvml", false, "NVML loaded but reports no GPUs".to_owned());
-                None
-            }
-            Ok(Ok(_)) => {
-                note("nvml", false, "no GPU exposes energy or power".to_owned());
-                None
-            }
-            Ok(Err(e)) => {
-                note("nvml", false, format!("NVML failed to list GPUs: {e}"));
-                None
-            }
-            Err(msg) => {
-                note("nvml", false, msg);
-                None
-            }
-        };
-        let mut sources: Vec<Box<dyn EnergySource>> = Vec::new();
-        let rapl = rapl::discover(&self.roots.powercap).and_then(|mut d| {
-            rapl::check_advancing(&mut d, rapl::LIVENESS_WINDOW);
-            RaplSource::open(&d)
-        });
-        match rapl {
-            Ok(src) => {
-                note(
-                    "powercap",
-                    true,
-                    format!("{} RAPL zone(s)", src.domains().len()),
-                );
-                sources.push(Box::new(src));
-                note(
-                    "perf-power",
-                    false,
-                    "RAPL already read through powercap".to_owned(),
-                );
-            }
-            Err(e) => {
-                note("powercap", false, e.to_string());
-                match perf_power::discover(&self.roots.event_source)
-                    .and_then(|p| PerfPowerSource::open(&p, rapl::LIVENESS_WINDOW))
-                {
-                    Ok(src) => {
-                        note(
-                            "perf-power",
-                            true,
-                            format!("{} RAPL event(s)", src.domains().len()),
-                        );
-                        sources.push(Box::new(src));
-                    }
-                    Err(e) => note("perf-power", false, e.to_string()),
-                }
-            }
-        }
+        let mut st = Status(Vec::new());
+        let nvml = open_nvml(self.nvml, &self.roots, &mut st);
+        let mut sources = open_rapl(&self.roots, self.config.liveness_window, &mut st);
         let cputime = match CpuTimeSource::open(&self.roots.proc) {
             Ok(c) => {
-                note("cputime", true, format!("{} CPUs", c.cpus()));
+                st.note("cputime", true, format!("{} CPUs", c.cpus()));
                 Some(c)
             }
             Err(e) => {
-                note("cputime", false, e.to_string());
+                st.note("cputime", false, e.to_string());
                 None
             }
         };
         let have_cpu_energy = !sources.is_empty();
         match (have_cpu_energy, self.config.cpu_model, &cputime) {
-            (true, _, _) => note("cpu-model", false, "RAPL measures CPU energy".to_owned()),
+            (true, _, _) => st.note("cpu-model", false, "RAPL measures CPU energy".to_owned()),
             (false, Some(p), Some(_)) => {
                 let src = CpuModelSource::new(p);
-                note(
-                    "cpu-model",
-                    true,
-                    format!("no RAPL; {}", src.domains()[0].label),
-                );
+                let msg = format!("no RAPL; {}", src.domains()[0].label);
+                st.note("cpu-model", true, msg);
                 sources.push(Box::new(src));
             }
-            (false, None, _) => note(
+            (false, None, _) => st.note(
                 "cpu-model",
                 false,
                 "No CPU energy: no RAPL and no CPU power model parameters".to_owned(),
             ),
-            (false, Some(_), None) => note(
+            (false, Some(_), None) => st.note(
                 "cpu-model",
                 false,
                 "No CPU energy: no RAPL and /proc/stat unreadable".to_owned(),
             ),
         }
-        Sampler::assemble(self.config, nvml, sources, cputime, status)
+        for s in self.extra {
+            let msg = format!("{} domain(s) from {:?}", s.domains().len(), s.kind());
+            st.note("extra", true, msg);
+            sources.push(s);
+        }
+        Sampler::assemble(self.config, nvml, sources, cputime, st.0)
+    }
+}
+
+struct Status(Vec<SourceStatus>);
+
+impl Status {
+    fn note(&mut self, source: &'static str, used: bool, message: String) {
+        if used {
+            log::info!("energy: {source}: {message}");
+        } else {
+            log::info!("energy: {source} not used: {message}");
+        }
+        self.0.push(SourceStatus {
+            source,
+            used,
+            message,
+        });
+    }
+}
+
+fn open_nvml(choice: NvmlChoice, roots: &Roots, st: &mut Status) -> Option<NvmlSource> {
+    let backend = match choice {
+        NvmlChoice::Real => RealNvml::init(roots.nvml_lib.as_deref())
+            .map(|b| Box::new(b) as Box<dyn NvmlBackend>)
+            .map_err(|e| explain_init_error(&e)),
+        NvmlChoice::Backend(b) => Ok(b),
+        NvmlChoice::Off => Err("GPU sampling switched off".to_owned()),
+    };
+    let (src, msg) = match backend.map(|b| NvmlSource::new(b, monotonic_now())) {
+        Ok(Ok(src)) if !src.domains().is_empty() => {
+            let msg = format!("{} GPU(s) measured", src.domains().len());
+            (Some(src), msg)
+        }
+        Ok(Ok(src)) if src.gpus().len() == 0 => {
+            (None, "NVML loaded but reports no GPUs".to_owned())
+        }
+        Ok(Ok(_)) => (None, "no GPU exposes energy or power".to_owned()),
+        Ok(Err(e)) => (None, format!("NVML failed to list GPUs: {e}")),
+        Err(msg) => (None, msg),
+    };
+    st.note("nvml", src.is_some(), msg);
+    src
+}
+
+/// RAPL through powercap, else through the perf power PMU (never both: same counters).
+fn open_rapl(roots: &Roots, window: Duration, st: &mut Status) -> Vec<Box<dyn EnergySource>> {
+    let rapl = rapl::discover(&roots.powercap).and_then(|mut d| {
+        rapl::check_advancing(&mut d, window);
+        RaplSource::open(&d)
+    });
+    match rapl {
+        Ok(src) => {
+            st.note(
+                "powercap",
+                true,
+                format!("{} RAPL zone(s)", src.domains().len()),
+            );
+            st.note(
+                "perf-power",
+                false,
+                "RAPL already read through powercap".to_owned(),
+            );
+            return vec![Box::new(src)];
+        }
+        Err(e) => st.note("powercap", false, e.to_string()),
+    }
+    match perf_power::discover(&roots.event_source).and_then(|p| PerfPowerSource::open(&p, window))
+    {
+        Ok(src) => {
+            st.note(
+                "perf-power",
+                true,
+                format!("{} RAPL event(s)", src.domains().len()),
+            );
+            vec![Box::new(src)]
+        }
+        Err(e) => {
+            st.note("perf-power", false, e.to_string());
+            Vec::new()
+        }
     }
 }
 
