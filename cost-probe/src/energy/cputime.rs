@@ -148,8 +148,9 @@ impl CpuTimeSource {
     pub fn open(proc_root: &Path) -> Result<Self, EnergyError> {
         let path = proc_root.join("stat");
         let stat = File::open(&path).map_err(|e| EnergyError::io(&path, e))?;
-        // Read enough to see every cpuN line (~60 bytes each) once, at start-up.
-        let mut big = vec![0u8; 64 * 1024];
+        // Read enough to see every cpuN line (~60-100 bytes each, so thousands of CPUs) once,
+        // at start-up.
+        let mut big = vec![0u8; 1 << 20];
         let (_, cpus) = parse_proc_stat(ReadAt::start(&stat), &mut big)
             .map_err(|e| EnergyError::io(&path, e))?;
         Ok(Self {
@@ -325,9 +326,19 @@ mod tests {
         let me = std::process::id();
         src.set_targets(&[me]);
         let before = src.sample(Nanos(1)).unwrap();
+        // Burn until the thread itself has 300 ms of CPU: wall time would be flaky on a loaded
+        // two-core box where the thread gets only part of each second.
         std::thread::spawn(|| {
-            let t = std::time::Instant::now();
-            while t.elapsed() < std::time::Duration::from_millis(300) {
+            let thread_cpu = || {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: clock_gettime writes into the timespec we pass.
+                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+                ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+            };
+            while thread_cpu() < 300_000_000 {
                 std::hint::black_box(0u64);
             }
         })
@@ -335,7 +346,8 @@ mod tests {
         .unwrap();
         let after = src.sample(Nanos(2)).unwrap();
         let used = after.target.saturating_sub(before.target);
-        assert!(used >= Nanos(200_000_000), "{used:?}");
+        // USER_HZ ticks are 10 ms; allow for rounding at both ends.
+        assert!(used >= Nanos(270_000_000), "{used:?}");
         assert_eq!(after.target_alive, 1);
         assert!(after.host.busy > before.host.busy);
         assert!(after.host.cpus >= 1);

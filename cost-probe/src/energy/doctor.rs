@@ -1,5 +1,5 @@
 //! What this host can measure, and why not: data for `cost-probe doctor`.
-use std::{fmt::Write as _, path::PathBuf};
+use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use serde::Serialize;
 
@@ -131,9 +131,17 @@ pub fn report_with_nvml(
     roots: &Roots,
     nvml: Result<Box<dyn NvmlBackend>, NvmlError>,
 ) -> EnergyReport {
+    report_inner(roots, nvml, rapl::LIVENESS_WINDOW)
+}
+
+fn report_inner(
+    roots: &Roots,
+    nvml: Result<Box<dyn NvmlBackend>, NvmlError>,
+    window: Duration,
+) -> EnergyReport {
     let nvml = nvml_report(nvml);
-    let rapl = rapl_report(roots);
-    let perf_power = perf_report(roots);
+    let rapl = rapl_report(roots, window);
+    let perf_power = perf_report(roots, window);
     let cpu_time = match CpuTimeSource::open(&roots.proc) {
         Ok(c) => CpuTimeReport {
             proc_root: roots.proc.clone(),
@@ -247,10 +255,10 @@ fn nvml_report(nvml: Result<Box<dyn NvmlBackend>, NvmlError>) -> NvmlReport {
     }
 }
 
-fn rapl_report(roots: &Roots) -> RaplReport {
+fn rapl_report(roots: &Roots, window: Duration) -> RaplReport {
     match rapl::discover(&roots.powercap) {
         Ok(mut d) => {
-            rapl::check_advancing(&mut d, rapl::LIVENESS_WINDOW);
+            rapl::check_advancing(&mut d, window);
             let message = if d.readable().next().is_some() {
                 format!("{} RAPL zone(s) readable", d.readable().count())
             } else {
@@ -283,7 +291,7 @@ fn rapl_report(roots: &Roots) -> RaplReport {
     }
 }
 
-fn perf_report(roots: &Roots) -> PerfReport {
+fn perf_report(roots: &Roots, window: Duration) -> PerfReport {
     let pmu = match perf_power::discover(&roots.event_source) {
         Ok(p) => p,
         Err(e) => {
@@ -297,7 +305,7 @@ fn perf_report(roots: &Roots) -> PerfReport {
         }
     };
     let attempts = if pmu.present {
-        perf_power::probe(&pmu, rapl::LIVENESS_WINDOW)
+        perf_power::probe(&pmu, window)
     } else {
         Vec::new()
     };
@@ -447,17 +455,27 @@ mod tests {
         fs::write(z.join("max_energy_range_uj"), "262143328850\n").unwrap();
         // A live counter: the doctor rejects zones that do not move.
         let energy = z.join("energy_uj");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = std::sync::Arc::clone(&stop);
         let writer = std::thread::spawn(move || {
-            for i in 0..40u64 {
+            let mut i = 0u64;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
                 // Replace atomically so no read sees a half-written file.
                 let tmp = energy.with_extension("new");
                 fs::write(&tmp, format!("{}\n", 123 + i * 1000)).unwrap();
                 fs::rename(&tmp, &energy).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                i += 1;
+                std::thread::sleep(Duration::from_millis(2));
             }
         });
         let replay = ReplayNvml::fixture("p100_power_only.ndjson");
-        let r = report_with_nvml(&roots(tmp.path().to_owned()), Ok(Box::new(replay)));
+        // A long window so a loaded machine cannot starve the writer through all of it.
+        let r = report_inner(
+            &roots(tmp.path().to_owned()),
+            Ok(Box::new(replay)),
+            Duration::from_millis(300),
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         assert_eq!(r.cpu_energy_source, Some(SourceKind::Powercap));
         let g = &r.nvml.gpus[0];

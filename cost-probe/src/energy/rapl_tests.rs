@@ -221,14 +221,19 @@ fn stuck_counter_is_not_a_measurement() {
     // Only package-0 moves while we watch; the others stay put, like a board without DRAM
     // RAPL or a VM exposing zeros.
     let root = tmp.path().to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = std::sync::Arc::clone(&stop);
     let writer = std::thread::spawn(move || {
-        for i in 1..=20u64 {
+        let mut i = 1u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             set(&root, "intel-rapl/intel-rapl:0", 1_000_000 + i * 1000);
-            std::thread::sleep(Duration::from_millis(5));
+            i += 1;
+            std::thread::sleep(Duration::from_millis(2));
         }
     });
-    std::thread::sleep(Duration::from_millis(10));
-    check_advancing(&mut d, Duration::from_millis(40));
+    // A long window so a loaded machine cannot starve the writer through all of it.
+    check_advancing(&mut d, Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     let readable: Vec<_> = d.readable().map(|z| z.id.as_str()).collect();
     assert_eq!(readable, ["rapl:package-0"]);

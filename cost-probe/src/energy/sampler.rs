@@ -13,7 +13,7 @@ use super::{
     Domain, DomainIdx, EnergySource, Reading, Roots, TickCtx,
     cpu_model::{CpuModelParams, CpuModelSource},
     cputime::{CpuSample, CpuTimeSource},
-    nvml::{GpuInfo, GpuShare, NvmlBackend, NvmlSource, RealNvml, explain_init_error},
+    nvml::{GpuInfo, GpuShare, NvmlBackend, NvmlSource, RealNvml, TargetShare, explain_init_error},
     perf_power::{self, PerfPowerSource},
     rapl::{self, RaplSource},
 };
@@ -85,6 +85,14 @@ impl Snapshot {
                 .get(usize::from(r.domain.0))
                 .is_some_and(|d| d.id == id)
         })
+    }
+
+    /// GPUs the target used this tick (compute context or utilisation samples).
+    pub fn target_gpus(&self) -> impl Iterator<Item = u32> + '_ {
+        self.gpu_shares
+            .iter()
+            .filter(|s| s.target_share() != TargetShare::None)
+            .map(|s| s.gpu)
     }
 
     /// The domain a reading belongs to.
@@ -420,6 +428,8 @@ impl Sampler {
                 .max(1);
             let mut next = monotonic_now().0;
             let mut spare: Option<Snapshot> = None;
+            // The channel's initial value counts as seen, so apply it before waiting for changes.
+            self.set_targets(&targets.borrow_and_update());
             while !tx.is_closed() {
                 if targets.has_changed().unwrap_or(false) {
                     let tgids = targets.borrow_and_update();
@@ -558,6 +568,7 @@ mod tests {
         assert!(model.flags.estimated && model.delta.0 > 0);
         assert_eq!(snap.domain(model).source, SourceKind::CpuModel);
         assert_eq!(snap.gpu_shares.len(), 2);
+        assert_eq!(snap.target_gpus().collect::<Vec<_>>(), [0]);
         assert!(snap.cpu.unwrap().target_alive >= 1);
     }
 
@@ -575,6 +586,7 @@ mod tests {
         for _ in 0..5 {
             let snap = h.recv().await.unwrap();
             assert_eq!(snap.readings.len(), 1);
+            assert_eq!(snap.cpu.unwrap().target_alive, 1, "initial targets applied");
             last = Some(snap.seq);
             h.recycle(snap);
         }
