@@ -3,11 +3,12 @@
 //! Modules follow the data path: `probe` (kernel events) → `spans` (requests) → `energy`
 //! (samples) → `attribution` (joules per request) → `pricing` (dollars, CO2) → `output` (sinks).
 pub mod attribution;
-pub mod pricing;
-pub mod rules;
-pub mod units;
-pub mod probe;
-pub mod spans;
 pub mod cli;
+pub mod energy;
 pub mod output;
 pub mod pipeline;
+pub mod pricing;
+pub mod probe;
+pub mod rules;
+pub mod spans;
+pub mod units;
