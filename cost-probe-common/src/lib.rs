@@ -121,6 +121,38 @@ pub struct ConnKey {
 }
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 
+/// How a saved syscall buffer argument is laid out ([`Pending::shape`]).
+pub mod shape {
+    /// `(void *buf, size_t len)`
+    pub const BUF: u16 = 0;
+    /// `(struct iovec *iov, int iovcnt)`
+    pub const IOV: u16 = 1;
+    /// `(struct user_msghdr *msg)`
+    pub const MSG: u16 = 2;
+    /// sendfile: no user buffer.
+    pub const NONE: u16 = 3;
+    /// `(struct sockaddr *addr, int *addrlen)` of accept/accept4.
+    pub const ACCEPT: u16 = 4;
+}
+
+/// Syscall arguments saved at enter (keyed by pid_tgid) and consumed at exit. Userspace seeds
+/// it at attach for threads already blocked in a syscall (from `/proc/PID/task/TID/syscall`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub conn_id: u64,
+    pub buf: u64,
+    pub iovcnt: u64,
+    pub fd: i32,
+    /// A [`shape`] constant.
+    pub shape: u16,
+    /// An [`EventKind`].
+    pub kind: u16,
+    pub nr: u32,
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Pending>() == 40);
+
 /// Tracepoint field offsets read from tracefs `format` files by userspace and written into the
 /// program's globals before load (never hard-coded in the kernel side).
 #[repr(C)]
@@ -159,4 +191,5 @@ mod pod {
     // (checked by the size assertions above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::TpOffsets {}
+    unsafe impl aya::Pod for super::Pending {}
 }

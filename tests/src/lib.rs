@@ -355,6 +355,12 @@ impl Client {
         }
     }
 
+    /// The client's own address (the server's peer).
+    #[must_use]
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.stream.get_ref().local_addr().expect("local_addr")
+    }
+
     /// Sends raw bytes (one or several requests) in one write.
     pub fn send(&mut self, raw: &[u8]) -> Instant {
         let t = Instant::now();

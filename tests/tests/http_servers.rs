@@ -335,3 +335,41 @@ fn a_missing_pid_is_one_clear_line_and_exit_2() {
     assert_eq!(err.trim(), "cost-probe: no process with pid 999999999");
     assert!(out.stdout.is_empty());
 }
+
+/// Regression: a server already blocking in accept(2) when we attach (thread-per-connection
+/// servers such as llama.cpp's cpp-httplib) lost its next connection, because the accept's
+/// enter was never seen. The exit now registers it and /proc classifies the socket.
+#[test]
+fn connection_accepted_by_a_blocking_accept_that_began_before_attach() {
+    require_kernel!();
+    let script = r#"
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+print("listening", s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()                       # blocks: entered before the probe attached
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += c.recv(1024)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    c.close()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let server = Server::start(cmd, Duration::from_secs(10));
+    let probe = Attach::start(server.proc.pid(), &[]);
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(server.port);
+        peers.push(c.local_addr());
+        assert_eq!(c.get("/first").status, 200);
+    }
+    let records = probe.stop();
+    let spans = records.requests();
+    assert_eq!(spans.len(), 3, "the first connection after attach is traced too");
+    for (s, peer) in spans.iter().zip(&peers) {
+        assert_eq!(s["http"]["path"], "/first");
+        assert_eq!(s["conn"]["peer"], peer.to_string());
+        assert_eq!(s["conn"]["local"], format!("127.0.0.1:{}", server.port));
+    }
+}

@@ -12,7 +12,10 @@ use std::{
 use crate::{
     output::{Sink, record_file},
     pipeline::Pipeline,
-    probe::{Probe, ProbeError, procscan},
+    probe::{
+        Probe, ProbeError,
+        procscan::{self, FdKind},
+    },
     units::monotonic_now,
 };
 
@@ -133,6 +136,13 @@ fn add_targets(probe: &mut Probe, pipe: &mut Pipeline, pid: u32) -> Result<usize
             probe.add_conn(conn)?;
             pipe.existing_conn(conn, local, peer);
         }
+        // Threads already blocked in accept/read: seed their syscall's arguments so the
+        // connection or data they return with is not lost.
+        for b in procscan::blocked_threads(t) {
+            if probe.seed_blocked(t, &b)? {
+                log::debug!("seeded blocked syscall {} of thread {}", b.nr, b.tid);
+            }
+        }
     }
     Ok(added.len())
 }
@@ -151,9 +161,14 @@ fn consume(
             pipe.on_record(b);
         })?;
         for conn in pipe.take_unclassified() {
-            if procscan::is_tcp(conn.tgid, conn.fd) == Some(false) {
-                probe.forget_conn(conn);
-                pipe.builder.forget(conn);
+            match procscan::classify(conn.tgid, conn.fd) {
+                FdKind::Tcp { local, peer } => pipe.builder.set_addrs(conn, local, peer),
+                FdKind::NotTcp => {
+                    probe.forget_conn(conn);
+                    pipe.builder.forget(conn);
+                }
+                // Closed already: its close event ends it.
+                FdKind::Gone => {}
             }
         }
         pipe.emit()?;

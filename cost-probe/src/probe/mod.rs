@@ -14,7 +14,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use cost_probe_common::{ConnKey, TpOffsets};
+use cost_probe_common::{ConnKey, EventKind, Pending, TpOffsets, shape};
 
 pub use self::event::{ConnId, Direction, Event, OwnedEvent};
 
@@ -130,6 +130,7 @@ pub struct Probe {
     lost: PerCpuArray<MapData, u64>,
     targets: BpfHashMap<MapData, u32, u8>,
     conns: BpfHashMap<MapData, ConnKey, u64>,
+    pending: BpfHashMap<MapData, u64, Pending>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     lost_seen: u64,
 }
@@ -194,12 +195,14 @@ impl Probe {
         let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let targets = BpfHashMap::try_from(take(&mut ebpf, "TARGETS")?)?;
         let conns = BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?;
+        let pending = BpfHashMap::try_from(take(&mut ebpf, "PENDING")?)?;
         Ok(Self {
             _ebpf: ebpf,
             ring,
             lost,
             targets,
             conns,
+            pending,
             logger: logger,
             lost_seen: 0,
         })
@@ -219,6 +222,46 @@ impl Probe {
         };
         self.conns.insert(key, conn.id, 0)?;
         Ok(())
+    }
+
+    /// Seeds the kernel's pending-syscall table for a thread that was already blocked in a
+    /// syscall when we attached, so its exit is not lost. Returns whether it was relevant.
+    pub fn seed_blocked(&mut self, tgid: u32, s: &procscan::Blocked) -> Result<bool, ProbeError> {
+        let key = (u64::from(tgid) << 32) | u64::from(s.tid);
+        let fd = s.args[0] as i32;
+        let conn_id = || {
+            self.conns.get(&ConnKey { tgid, fd: fd as u32 }, 0).ok()
+        };
+        let (shape, kind, conn_id) = match s.nr {
+            n if n == libc::SYS_accept || n == libc::SYS_accept4 => {
+                (shape::ACCEPT, EventKind::Accept, 0)
+            }
+            n if n == libc::SYS_read || n == libc::SYS_recvfrom => match conn_id() {
+                Some(id) => (shape::BUF, EventKind::Read, id),
+                None => return Ok(false),
+            },
+            n if n == libc::SYS_readv => match conn_id() {
+                Some(id) => (shape::IOV, EventKind::Read, id),
+                None => return Ok(false),
+            },
+            n if n == libc::SYS_recvmsg => match conn_id() {
+                Some(id) => (shape::MSG, EventKind::Read, id),
+                None => return Ok(false),
+            },
+            _ => return Ok(false),
+        };
+        let p = Pending {
+            conn_id,
+            buf: s.args[1],
+            iovcnt: s.args[2],
+            fd,
+            shape,
+            kind: kind as u16,
+            nr: s.nr as u32,
+            pad: 0,
+        };
+        self.pending.insert(key, p, 0)?;
+        Ok(true)
     }
 
     /// Stops tracing a connection the kernel could not classify and userspace found not TCP.

@@ -114,12 +114,36 @@ pub fn sockets(pid: u32) -> Sockets {
     out
 }
 
-/// Whether `fd` of `pid` is a TCP socket (for accepts the kernel could not classify).
+/// What /proc says about one fd of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    /// A TCP socket, with its local and peer addresses.
+    Tcp { local: SocketAddr, peer: SocketAddr },
+    /// Some other socket or file (a unix socket, say).
+    NotTcp,
+    /// The fd (or the process) is gone already.
+    Gone,
+}
+
+/// Classifies `fd` of `pid` (for accepts the kernel could not classify).
 #[must_use]
-pub fn is_tcp(pid: u32, fd: i32) -> Option<bool> {
-    let p = Process::new(pid as i32).ok()?;
-    let inode = socket_fds(&p).into_iter().find(|&(f, _)| f == fd)?.1;
-    Some(tcp_entries(&p).iter().any(|e| e.inode == inode))
+pub fn classify(pid: u32, fd: i32) -> FdKind {
+    let Ok(p) = Process::new(pid as i32) else {
+        return FdKind::Gone;
+    };
+    let Some(inode) = p.fd_from_fd(fd).ok().and_then(|f| match f.target {
+        FDTarget::Socket(inode) => Some(inode),
+        _ => None,
+    }) else {
+        return if p.fd_from_fd(fd).is_ok() { FdKind::NotTcp } else { FdKind::Gone };
+    };
+    tcp_entries(&p)
+        .into_iter()
+        .find(|e| e.inode == inode)
+        .map_or(FdKind::NotTcp, |e| FdKind::Tcp {
+            local: e.local_address,
+            peer: e.remote_address,
+        })
 }
 
 /// Connections accepted before attach, as kernel table entries.
@@ -140,4 +164,63 @@ pub fn existing_conns(pid: u32, id: u64) -> Vec<(ConnId, SocketAddr, SocketAddr)
             )
         })
         .collect()
+}
+
+/// A thread blocked in a syscall, from `/proc/PID/task/TID/syscall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocked {
+    pub tid: u32,
+    pub nr: i64,
+    pub args: [u64; 6],
+}
+
+/// Parses a `syscall` file: `NR ARG1 … ARG6 SP PC` in hex after the decimal number, or
+/// `running` / `-1 SP PC` when the thread is not in a syscall.
+#[must_use]
+pub fn parse_syscall(tid: u32, text: &str) -> Option<Blocked> {
+    let mut it = text.split_whitespace();
+    let nr: i64 = it.next()?.parse().ok()?;
+    if nr < 0 {
+        return None;
+    }
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
+    }
+    Some(Blocked { tid, nr, args })
+}
+
+/// Threads of `pid` that are inside a syscall right now.
+#[must_use]
+pub fn blocked_threads(pid: u32) -> Vec<Blocked> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+            parse_syscall(tid, &std::fs::read_to_string(t.path().join("syscall")).ok()?)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_files() {
+        // Captured on the project's VM (kernel 6.18) from a python3 thread blocked in
+        // socket.accept(): accept4(3, addr, &len, SOCK_CLOEXEC), then two unused argument slots.
+        let b = parse_syscall(
+            7,
+            "288 0x3 0x7fda7413d980 0x7fda7413d974 0x80000 0x0 0x7fda74d4e6e8 0x7fda7413d920 0x7fda74ed6fa8\n",
+        )
+        .unwrap();
+        assert_eq!(b.nr, 288);
+        assert_eq!(b.args[..4], [3, 0x7fda_7413_d980, 0x7fda_7413_d974, 0x80000]);
+        assert_eq!(parse_syscall(7, "running\n"), None);
+        assert_eq!(parse_syscall(7, "-1 0x7ffd5c1e8ee8 0x7f1b2f0f1d9d\n"), None);
+    }
 }

@@ -443,7 +443,9 @@ impl Conn {
             chunks,
             bytes_in: req.bytes_in,
             bytes_out,
-            model: model.or(resp_model),
+            // What the server says it ran beats what the client asked for (llama.cpp, for one,
+            // ignores the requested name).
+            model: resp_model.or(model),
             usage,
             flags,
         }));

@@ -219,6 +219,14 @@ impl SpanBuilder {
         }
     }
 
+    /// Sets both addresses of a connection (resolved from /proc when the kernel had none).
+    pub fn set_addrs(&mut self, conn: ConnId, local: SocketAddr, peer: SocketAddr) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.local = Some(local);
+            c.peer = Some(peer);
+        }
+    }
+
     /// Tracks a connection accepted before attach; it starts unsynchronised.
     pub fn adopt(&mut self, conn: ConnId, local: SocketAddr, peer: SocketAddr) {
         if let Some(c) = self.conn_entry(conn, false) {
