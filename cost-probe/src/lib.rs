@@ -5,6 +5,7 @@
 pub mod attribution;
 pub mod cli;
 pub mod energy;
+pub mod meter;
 pub mod output;
 pub mod pipeline;
 pub mod pricing;

@@ -16,6 +16,13 @@ struct Cli {
 enum Cmd {
     /// Trace one server process (and its children) and write request records.
     Attach(cli::attach::AttachArgs),
+    /// Start a sample streaming server and a small load, attach, and print the records.
+    Demo(cli::demo::DemoArgs),
+    /// The demo's sample server (used by `demo`).
+    #[command(hide = true)]
+    DemoServer,
+    /// What this host can trace and measure, and why not (exit code 0 when attach can work).
+    Doctor(cli::doctor::DoctorArgs),
 }
 
 #[tokio::main]
@@ -26,5 +33,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Attach(a) => cli::attach::run(a).await,
+        Cmd::Doctor(a) => cli::doctor::run(&a),
+        Cmd::Demo(a) => cli::demo::run(a).await,
+        Cmd::DemoServer => cli::demo::serve().await,
     }
 }

@@ -8,6 +8,7 @@ use std::{
 };
 
 use crate::{
+    meter::{Meter, Priced},
     output::{
         Sink, WallClock,
         records::{LostRecord, RequestRecord},
@@ -34,6 +35,9 @@ pub struct Pipeline {
     pub decode_errors: u64,
     pub first_ts: Option<u64>,
     pub last_ts: u64,
+    /// Energy and pricing; `None` traces spans only.
+    pub meter: Option<Meter>,
+    priced: Vec<Priced>,
 }
 
 impl Pipeline {
@@ -53,6 +57,8 @@ impl Pipeline {
             decode_errors: 0,
             first_ts: None,
             last_ts: 0,
+            meter: None,
+            priced: Vec::new(),
         }
     }
 
@@ -127,24 +133,56 @@ impl Pipeline {
             .or_insert_with(|| procscan::comm(tgid))
     }
 
-    /// Emits records for the spans finished since the last call.
+    /// Emits records for the spans finished since the last call (or hands them to the meter,
+    /// which emits them once their energy is known).
     pub fn emit(&mut self) -> io::Result<()> {
-        let spans = std::mem::take(&mut self.spans);
-        for e in &spans {
-            if let SpanEvent::Finished(span) = e {
-                self.emit_span(span)?;
+        let mut spans = std::mem::take(&mut self.spans);
+        for e in spans.drain(..) {
+            match (e, self.meter.as_mut()) {
+                (SpanEvent::Started { id, conn, start }, Some(m)) => {
+                    m.add_target(conn.tgid);
+                    m.started(id, start);
+                }
+                (SpanEvent::Started { .. }, None) => {}
+                (SpanEvent::Finished(span), Some(m)) => m.finished(span),
+                (SpanEvent::Finished(span), None) => self.emit_span(&span, None)?,
             }
         }
         self.spans = spans;
-        self.spans.clear();
         Ok(())
     }
 
-    fn emit_span(&mut self, span: &RequestSpan) -> io::Result<()> {
-        // Borrow juggling: the comm lives in self.comms while the sink writes.
+    /// Samples energy when an interval is due; emits the interval and the requests it priced.
+    pub fn tick(&mut self, now: u64) -> io::Result<()> {
+        let Some(m) = self.meter.as_mut() else {
+            return Ok(());
+        };
+        if let Some(rec) = m.tick_if_due(crate::units::Nanos(now), &self.clock, &mut self.priced)
+            && !rec.domains.is_empty()
+        {
+            // (The first tick only sets each counter's baseline.)
+            self.sink.write(&rec)?;
+        }
+        self.emit_priced()
+    }
+
+    fn emit_priced(&mut self) -> io::Result<()> {
+        let mut priced = std::mem::take(&mut self.priced);
+        for p in priced.drain(..) {
+            self.emit_span(&p.span, Some(&p))?;
+        }
+        self.priced = priced;
+        Ok(())
+    }
+
+    fn emit_span(&mut self, span: &RequestSpan, priced: Option<&Priced>) -> io::Result<()> {
+        // The comm lives in self.comms while the sink writes.
         self.comm(span.conn.tgid);
         let comm = self.comms.get(&span.conn.tgid).map_or("?", String::as_str);
-        let rec = RequestRecord::from_span(span, comm, &self.clock);
+        let mut rec = RequestRecord::from_span(span, comm, &self.clock);
+        if let Some(p) = priced {
+            rec = rec.priced(p);
+        }
         self.sink.write(&rec)?;
         if span.flags.contains(Flags::PARTIAL) {
             self.summary.totals.partial_requests += 1;
@@ -153,12 +191,13 @@ impl Pipeline {
             GroupKey {
                 path: span.path.clone(),
                 model: span.model.clone(),
-                tags: std::collections::BTreeMap::new(),
+                tags: rec.tags.clone(),
             },
             Sample {
                 latency_ms: rec.duration_ms,
+                energy_j: rec.energy_j.map(|e| e.total),
+                cost_usd: rec.cost_usd.map(|c| c.total),
                 tokens: span.usage.prompt.zip(span.usage.completion).map(|(p, c)| p + c),
-                ..Sample::default()
             },
         );
         Ok(())
@@ -179,6 +218,16 @@ impl Pipeline {
     pub fn finish(&mut self, start: u64, now: u64) -> io::Result<()> {
         self.builder.flush(now, &mut self.spans);
         self.emit()?;
+        if let Some(m) = self.meter.as_mut() {
+            let rec = m.finish(&self.clock, &mut self.priced);
+            self.sink.write(&rec)?;
+            let t = m.totals;
+            let (idle_usd, _) = m.prices.energy(t.idle);
+            self.summary.totals.idle_j = Some(t.idle.joules());
+            self.summary.totals.idle_usd = Some(idle_usd);
+            self.summary.totals.other_j = Some(t.other.joules());
+        }
+        self.emit_priced()?;
         let stats = self.builder.stats;
         if stats.conn_overflow + stats.queue_overflow > 0 {
             log::warn!(

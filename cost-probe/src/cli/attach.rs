@@ -10,7 +10,10 @@ use std::{
 };
 
 use crate::{
+    energy::Roots,
+    meter::Meter,
     output::{Sink, record_file},
+    rules::Rules,
     pipeline::Pipeline,
     probe::{
         Probe, ProbeError,
@@ -34,6 +37,12 @@ pub struct AttachArgs {
     /// contains payload bytes, so treat it as sensitive).
     #[arg(long, hide = true)]
     pub record: Option<PathBuf>,
+    /// Rules directory (prices, PUE, carbon, tags); built-in defaults when absent.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Energy sampling interval in milliseconds (NVML's energy counter updates every ~100 ms).
+    #[arg(long = "interval", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub interval_ms: u64,
 }
 
 /// Exit code for "cannot attach" (no such pid, no privileges, no eBPF object).
@@ -49,7 +58,7 @@ pub async fn run(args: AttachArgs) -> ExitCode {
             stop.store(true, Ordering::Relaxed);
         });
     }
-    match tokio::task::spawn_blocking(move || trace(&args, &stop)).await {
+    match tokio::task::spawn_blocking(move || trace(&args, &stop, None)).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cost-probe: tracer thread failed: {e}");
@@ -63,12 +72,21 @@ fn cannot_attach(msg: &str) -> ExitCode {
     ExitCode::from(EXIT_CANNOT_ATTACH)
 }
 
-/// Loads the probe and runs the consumer loop on this (blocking) thread.
-pub fn trace(args: &AttachArgs, stop: &AtomicBool) -> ExitCode {
+/// Loads the probe and runs the consumer loop on this (blocking) thread; sets `ready` once
+/// attached.
+pub fn trace(args: &AttachArgs, stop: &AtomicBool, ready: Option<&AtomicBool>) -> ExitCode {
     let pid = args.pid;
     if !procscan::alive(pid) {
         return cannot_attach(&format!("no process with pid {pid}"));
     }
+    let rules = match &args.rules {
+        Some(dir) => Rules::load_dir(dir),
+        None => Rules::builtin(),
+    };
+    let rules = match rules {
+        Ok(r) => r,
+        Err(e) => return cannot_attach(&format!("rules: {e}")),
+    };
     let mut probe = match Probe::load() {
         Ok(p) => p,
         Err(e @ (ProbeError::Privileges(_) | ProbeError::NoObject)) => {
@@ -88,6 +106,16 @@ pub fn trace(args: &AttachArgs, stop: &AtomicBool) -> ExitCode {
         None => None,
     };
     let mut pipe = Pipeline::new(sink, record);
+    let mut meter = Meter::new(
+        &rules,
+        Duration::from_millis(args.interval_ms),
+        Roots::default(),
+    );
+    for s in meter.sources().iter().filter(|s| s.used) {
+        eprintln!("cost-probe: energy from {}: {}", s.source, s.message);
+    }
+    meter.add_target(pid);
+    pipe.meter = Some(meter);
     let start = monotonic_now().0;
     let targets = match add_targets(&mut probe, &mut pipe, pid) {
         Ok(n) => n,
@@ -98,6 +126,9 @@ pub fn trace(args: &AttachArgs, stop: &AtomicBool) -> ExitCode {
         procscan::comm(pid),
         targets - 1
     );
+    if let Some(r) = ready {
+        r.store(true, Ordering::Relaxed);
+    }
     match consume(&mut probe, &mut pipe, pid, stop) {
         Ok(()) => {}
         Err(e) => {
@@ -172,6 +203,7 @@ fn consume(
             }
         }
         pipe.emit()?;
+        pipe.tick(monotonic_now().0)?;
         let root_exited = pipe.exited.contains(&pid);
         if last_check.elapsed() >= Duration::from_secs(1) || stopping || root_exited {
             last_check = Instant::now();

@@ -1,5 +1,7 @@
 //! Subcommands, one file each.
 pub mod attach;
+pub mod demo;
+pub mod doctor;
 
 use std::sync::{
     Arc,

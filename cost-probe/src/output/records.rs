@@ -49,22 +49,6 @@ pub struct Tokens {
     pub completion: Option<u64>,
 }
 
-/// Joules by class.
-#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq)]
-pub struct EnergyJ {
-    pub gpu: f64,
-    pub cpu: f64,
-    pub dram: f64,
-    pub total: f64,
-}
-
-#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq)]
-pub struct CostUsd {
-    pub energy: f64,
-    pub capacity: f64,
-    pub total: f64,
-}
-
 /// A `request` record.
 #[derive(Serialize, Debug)]
 pub struct RequestRecord<'a> {
@@ -93,9 +77,9 @@ pub struct RequestRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Tokens>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub energy_j: Option<EnergyJ>,
+    pub energy_j: Option<crate::attribution::EnergyJoules>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<CostUsd>,
+    pub cost_usd: Option<crate::pricing::CostUsd>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub co2_g: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +138,18 @@ impl<'a> RequestRecord<'a> {
             tags: BTreeMap::new(),
             flags: span.flags.names().collect(),
         }
+    }
+
+    /// Adds the request's energy, price and tags.
+    #[must_use]
+    pub fn priced(mut self, p: &'a crate::meter::Priced) -> Self {
+        self.energy_j = Some(p.energy.energy_j());
+        self.cost_usd = Some(p.cost.cost_usd);
+        self.co2_g = Some(p.cost.co2_g);
+        self.usd_per_1k_tokens = p.cost.usd_per_1k_tokens;
+        self.tags.clone_from(&p.tags);
+        self.flags.extend(p.energy.flags.names());
+        self
     }
 }
 

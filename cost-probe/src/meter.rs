@@ -1,0 +1,356 @@
+//! Metering: energy samples + spans → joules, dollars and tags per request.
+//!
+//! Runs on the consumer thread, after each ring drain: the sampler ticks at `interval`, so every
+//! event up to the tick has already been turned into spans when the interval ending at the tick
+//! is attributed. A finished span waits here until the ledger has seen the interval holding its
+//! end, then comes out priced.
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    attribution::{DomainClass, DomainId, DomainInterval, Ledger, RequestEnergy, Share},
+    energy::{
+        DomainClass as EnergyClass, Roots,
+        cpu_model::CpuModelParams,
+        cputime::CpuSample,
+        nvml::TargetShare,
+        sampler::{Sampler, SamplerBuilder, SamplerConfig, Snapshot},
+    },
+    output::{WallClock, records::Kind},
+    pricing::{Prices, RequestCost},
+    rules::{RequestInfo, Rules, Tagger},
+    spans::RequestSpan,
+    units::{MicroJoules, Nanos},
+};
+
+/// A finished request with its energy, price and tags.
+pub struct Priced {
+    pub span: RequestSpan,
+    pub energy: RequestEnergy,
+    pub cost: RequestCost,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One domain's part of an `interval` record.
+#[derive(Serialize, Debug, Clone)]
+pub struct DomainPart {
+    pub domain: String,
+    pub measured_j: f64,
+    pub attributed_j: f64,
+    pub idle_j: f64,
+    pub other_j: f64,
+    /// Idle power used for the static part, and where it came from.
+    pub idle_w: f64,
+    pub idle_source: crate::attribution::IdleSource,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub integrated: bool,
+}
+
+/// The `interval` record.
+#[derive(Serialize, Debug)]
+pub struct IntervalRecord {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub start: String,
+    pub end: String,
+    pub measured_j: BTreeMap<String, f64>,
+    pub attributed_j: f64,
+    pub idle_j: f64,
+    pub other_j: f64,
+    pub active_requests: u32,
+    pub domains: Vec<DomainPart>,
+    /// Sampler cost of this tick (µs).
+    pub sampler_us: f64,
+}
+
+/// Run totals for the summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MeterTotals {
+    pub idle: MicroJoules,
+    pub other: MicroJoules,
+    pub attributed: MicroJoules,
+}
+
+pub struct Meter {
+    sampler: Sampler,
+    snap: Snapshot,
+    interval: Nanos,
+    last_tick: Nanos,
+    /// Previous reading time per domain (interval starts).
+    last_at: Vec<Option<Nanos>>,
+    prev_cpu: Option<CpuSample>,
+    ledger: Ledger,
+    pub prices: Prices,
+    tagger: Tagger,
+    held: HashMap<u64, RequestSpan>,
+    targets: Vec<u32>,
+    targets_dirty: bool,
+    pub totals: MeterTotals,
+    scratch: Vec<(u64, RequestEnergy)>,
+}
+
+fn class_of(c: EnergyClass) -> Option<DomainClass> {
+    match c {
+        EnergyClass::Gpu => Some(DomainClass::Gpu),
+        EnergyClass::CpuPackage | EnergyClass::Psys | EnergyClass::CpuModel => Some(DomainClass::Cpu),
+        EnergyClass::Dram => Some(DomainClass::Dram),
+        // Core and uncore are inside the package: counting them too would double-count.
+        EnergyClass::Core | EnergyClass::Uncore => None,
+    }
+}
+
+impl Meter {
+    /// Builds the real sampler (NVML, RAPL, procfs, CPU model) under `roots`.
+    #[must_use]
+    pub fn new(rules: &Rules, interval: Duration, roots: Roots) -> Self {
+        let cpu_model = CpuModelParams {
+            idle_per_cpu: crate::energy::MilliWatts((rules.cpu.idle_watts_per_core * 1e3) as u64),
+            max_per_cpu: crate::energy::MilliWatts((rules.cpu.max_watts_per_core * 1e3) as u64),
+        };
+        let sampler = SamplerBuilder::new(roots)
+            .config(SamplerConfig {
+                interval,
+                cpu_model: Some(cpu_model),
+                ..SamplerConfig::default()
+            })
+            .build();
+        for s in sampler.status() {
+            if s.used {
+                log::info!("energy source {}: {}", s.source, s.message);
+            } else {
+                log::debug!("energy source {} not used: {}", s.source, s.message);
+            }
+        }
+        Self::with_sampler(rules, interval, sampler)
+    }
+
+    /// With a given sampler (tests use replayed sources).
+    #[must_use]
+    pub fn with_sampler(rules: &Rules, interval: Duration, sampler: Sampler) -> Self {
+        let gpu_model = sampler.gpus().next().and_then(|g| g.name.clone());
+        let mut ledger = Ledger::new(rules.ledger_config());
+        for (i, d) in sampler.domains().iter().enumerate() {
+            if d.class == EnergyClass::Gpu
+                && let Some(w) = rules.gpu_for(&d.label).1.idle_watts
+            {
+                ledger.set_domain_idle_watts(DomainId(i as u32), w);
+            }
+        }
+        let snap = sampler.new_snapshot();
+        let n = sampler.domains().len();
+        Self {
+            prices: Prices::from_rules(rules, gpu_model.as_deref()),
+            tagger: rules.tagger(),
+            sampler,
+            snap,
+            interval: Nanos(interval.as_nanos() as u64),
+            last_tick: Nanos(0),
+            last_at: vec![None; n],
+            prev_cpu: None,
+            ledger,
+            held: HashMap::new(),
+            targets: Vec::new(),
+            targets_dirty: false,
+            totals: MeterTotals::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// What each energy source is doing, in words.
+    #[must_use]
+    pub fn sources(&self) -> &[crate::energy::sampler::SourceStatus] {
+        self.sampler.status()
+    }
+
+    pub fn add_target(&mut self, tgid: u32) {
+        if !self.targets.contains(&tgid) {
+            self.targets.push(tgid);
+            self.targets_dirty = true;
+        }
+    }
+
+    pub fn started(&mut self, id: u64, start: u64) {
+        self.ledger.span_started(id, Nanos(start));
+    }
+
+    pub fn finished(&mut self, span: RequestSpan) {
+        let tokens = span.usage.prompt.zip(span.usage.completion).map(|(p, c)| p + c);
+        self.ledger.span_ended(span.id, Nanos(span.end), tokens);
+        self.held.insert(span.id, span);
+    }
+
+    /// Requests still waiting for their energy.
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Samples when an interval has passed; returns the interval record and pushes the
+    /// requests whose energy is now final.
+    pub fn tick_if_due(
+        &mut self,
+        now: Nanos,
+        clock: &WallClock,
+        out: &mut Vec<Priced>,
+    ) -> Option<IntervalRecord> {
+        if now.0 < self.last_tick.0 + self.interval.0 {
+            return None;
+        }
+        self.last_tick = now;
+        Some(self.tick(clock, out, false))
+    }
+
+    /// A last sample, then every held request (shutdown).
+    pub fn finish(&mut self, clock: &WallClock, out: &mut Vec<Priced>) -> IntervalRecord {
+        self.tick(clock, out, true)
+    }
+
+    fn tick(&mut self, clock: &WallClock, out: &mut Vec<Priced>, all: bool) -> IntervalRecord {
+        if std::mem::take(&mut self.targets_dirty) {
+            self.sampler.set_targets(&self.targets);
+        }
+        self.sampler.tick(&mut self.snap);
+        let cpu_share = self.cpu_share();
+        let mut rec = IntervalRecord {
+            v: crate::output::records::VERSION,
+            kind: Kind::Interval,
+            start: String::new(),
+            end: clock.rfc3339(self.snap.at.0),
+            measured_j: BTreeMap::new(),
+            attributed_j: 0.0,
+            idle_j: 0.0,
+            other_j: 0.0,
+            active_requests: 0,
+            domains: Vec::new(),
+            sampler_us: self.snap.tick_cost.0 as f64 / 1e3,
+        };
+        let mut earliest = self.snap.at;
+        for r in &self.snap.readings {
+            let idx = usize::from(r.domain.0);
+            let d = &self.snap.domains[idx];
+            let prev = self.last_at[idx].replace(r.at);
+            let (Some(class), Some(start)) = (class_of(d.class), prev) else {
+                continue;
+            };
+            let share = match class {
+                DomainClass::Gpu => gpu_share(&self.snap, r.domain),
+                DomainClass::Cpu | DomainClass::Dram => cpu_share,
+            };
+            let iv = DomainInterval {
+                domain: DomainId(u32::from(r.domain.0)),
+                class,
+                start,
+                end: r.at,
+                measured: r.delta,
+                target_share: share,
+                estimated: r.flags.estimated,
+                integrated: r.flags.integrated,
+                devices: match class {
+                    DomainClass::Gpu => 1,
+                    _ => self.snap.cpu.map_or(1, |c| c.host.cpus.max(1)),
+                },
+            };
+            let ir = self.ledger.interval(&iv);
+            earliest = earliest.min(start);
+            self.totals.idle += ir.idle;
+            self.totals.other += ir.other;
+            self.totals.attributed += ir.attributed;
+            rec.measured_j.insert(d.id.clone(), ir.measured.joules());
+            rec.attributed_j += ir.attributed.joules();
+            rec.idle_j += ir.idle.joules();
+            rec.other_j += ir.other.joules();
+            rec.active_requests = rec.active_requests.max(ir.active_requests);
+            rec.domains.push(DomainPart {
+                domain: d.id.clone(),
+                measured_j: ir.measured.joules(),
+                attributed_j: ir.attributed.joules(),
+                idle_j: ir.idle.joules(),
+                other_j: ir.other.joules(),
+                idle_w: ir.idle_power_uw as f64 / 1e6,
+                idle_source: ir.idle_source,
+                estimated: r.flags.estimated,
+                integrated: r.flags.integrated,
+            });
+        }
+        rec.start = clock.rfc3339(earliest.0);
+        self.scratch.clear();
+        if all {
+            self.scratch.extend(self.ledger.drain_all());
+        } else {
+            self.scratch.extend(self.ledger.drain_ready());
+        }
+        let mut ready = std::mem::take(&mut self.scratch);
+        for (id, energy) in ready.drain(..) {
+            if let Some(span) = self.held.remove(&id) {
+                out.push(self.price(span, energy));
+            }
+        }
+        self.scratch = ready;
+        rec
+    }
+
+    /// Target CPU time ÷ host busy time since the previous tick.
+    fn cpu_share(&mut self) -> Share {
+        let cur = self.snap.cpu;
+        let prev = std::mem::replace(&mut self.prev_cpu, cur);
+        match (prev, cur) {
+            (Some(p), Some(c)) => {
+                let busy = c.host.busy.0.saturating_sub(p.host.busy.0);
+                let target = c.target.0.saturating_sub(p.target.0);
+                if busy == 0 {
+                    Share::new(0, 1)
+                } else {
+                    // /proc tick granularity can put the target a tick above the host.
+                    Share::new(target.min(busy), busy)
+                }
+            }
+            _ => Share::new(0, 1),
+        }
+    }
+
+    fn price(&self, span: RequestSpan, energy: RequestEnergy) -> Priced {
+        let tokens = span.usage.prompt.zip(span.usage.completion).map(|(p, c)| p + c);
+        let cost = self.prices.price(&energy, tokens);
+        let tags = self.tagger.tags(&RequestInfo {
+            method: span.method.as_deref(),
+            path: span.path.as_deref(),
+            port: span.local.map(|a| a.port()),
+            model: span.model.as_deref(),
+            comm: None,
+            cmdline: None,
+        });
+        Priced {
+            span,
+            energy,
+            cost,
+            tags,
+        }
+    }
+
+    /// The path normalizer of the rules (for bounded label sets).
+    #[must_use]
+    pub fn tagger(&self) -> &Tagger {
+        &self.tagger
+    }
+}
+
+fn gpu_share(snap: &Snapshot, domain: crate::energy::DomainIdx) -> Share {
+    let share = snap
+        .gpu_shares
+        .iter()
+        .find(|g| g.domain == Some(domain))
+        .map_or(TargetShare::Unknown, crate::energy::nvml::GpuShare::target_share);
+    match share {
+        TargetShare::None => Share::new(0, 1),
+        // Unknown: per-process samples unavailable; the target is assumed to own the GPU.
+        TargetShare::All | TargetShare::Unknown => Share::new(1, 1),
+        TargetShare::Fraction { target, total } => Share::new(target, total.max(1)),
+    }
+}
