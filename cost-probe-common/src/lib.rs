@@ -135,7 +135,7 @@ pub mod shape {
     pub const ACCEPT: u16 = 4;
 }
 
-/// Syscall arguments saved at enter (keyed by pid_tgid) and consumed at exit. Userspace seeds
+/// Syscall arguments saved at enter (keyed by `pid_tgid`) and consumed at exit. Userspace seeds
 /// it at attach for threads already blocked in a syscall (from `/proc/PID/task/TID/syscall`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

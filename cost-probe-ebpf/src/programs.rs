@@ -1,14 +1,16 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use cost_probe_common::{
-    ConnEvent, ConnKey, DataEvent, EventHeader, EventKind, HEAD_LEN, MAX_IOV, RING_BYTES,
-    TAIL_LEN, TpOffsets, WAKEUP_BYTES,
+    ConnEvent, ConnKey, DataEvent, EventHeader, EventKind, HEAD_LEN, MAX_IOV, RING_BYTES, TAIL_LEN,
+    TpOffsets, WAKEUP_BYTES,
 };
 
 const AF_UNIX: u16 = 1;
@@ -43,7 +45,10 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 use cost_probe_common::{
     Pending,
-    shape::{ACCEPT as SHAPE_ACCEPT, BUF as SHAPE_BUF, IOV as SHAPE_IOV, MSG as SHAPE_MSG, NONE as SHAPE_NONE},
+    shape::{
+        ACCEPT as SHAPE_ACCEPT, BUF as SHAPE_BUF, IOV as SHAPE_IOV, MSG as SHAPE_MSG,
+        NONE as SHAPE_NONE,
+    },
 };
 
 #[inline(always)]
@@ -143,7 +148,11 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32,
 /// Copies `[0, min(len, HEAD_LEN))` of `src` into the head.
 #[inline(always)]
 fn copy_head(ev: &mut DataEvent, src: u64, len: u64) {
-    let n = if len < HEAD_LEN as u64 { len as usize } else { HEAD_LEN };
+    let n = if len < HEAD_LEN as u64 {
+        len as usize
+    } else {
+        HEAD_LEN
+    };
     if n == 0 || n > HEAD_LEN {
         return;
     }
@@ -156,7 +165,11 @@ fn copy_head(ev: &mut DataEvent, src: u64, len: u64) {
 /// Copies the last `min(avail, TAIL_LEN)` bytes ending at `end` into the tail.
 #[inline(always)]
 fn copy_tail(ev: &mut DataEvent, end: u64, avail: u64) {
-    let n = if avail < TAIL_LEN as u64 { avail as usize } else { TAIL_LEN };
+    let n = if avail < TAIL_LEN as u64 {
+        avail as usize
+    } else {
+        TAIL_LEN
+    };
     if n == 0 || n > TAIL_LEN {
         return;
     }
@@ -197,7 +210,11 @@ fn copy_iov(ev: &mut DataEvent, iov: u64, iovcnt: u64, len: u64) {
         if before + ilen >= len {
             let end_in = len - before;
             // Never let the tail overlap the head's bytes.
-            let avail = if i == 0 { end_in - u64::from(ev.head_len) } else { end_in };
+            let avail = if i == 0 {
+                end_in - u64::from(ev.head_len)
+            } else {
+                end_in
+            };
             copy_tail(ev, base + end_in, avail);
             return;
         }
@@ -233,7 +250,11 @@ fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
         pid_tgid,
         p.fd,
         p.conn_id,
-        if p.kind == EventKind::Read as u16 { EventKind::Read } else { EventKind::Write },
+        if p.kind == EventKind::Read as u16 {
+            EventKind::Read
+        } else {
+            EventKind::Write
+        },
         p.nr,
     );
     ev.len = len;
@@ -396,7 +417,10 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: helper with no preconditions.
     let conn_id = unsafe { bpf_ktime_get_ns() };
     if CONNS.insert(&key, &conn_id, 0).is_err() {
-        warn!(ctx, "cost-probe: connection table insert failed (tgid {})", tgid);
+        warn!(
+            ctx,
+            "cost-probe: connection table insert failed (tgid {})", tgid
+        );
         return Ok(0);
     }
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
@@ -439,7 +463,13 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
         count_lost();
         return Ok(0);
     };
-    entry.write(header(pid_tgid, fd as i32, conn_id, EventKind::Close, syscall_nr(ctx)));
+    entry.write(header(
+        pid_tgid,
+        fd as i32,
+        conn_id,
+        EventKind::Close,
+        syscall_nr(ctx),
+    ));
     entry.submit(wakeup_flag());
     Ok(0)
 }
@@ -463,10 +493,12 @@ fn try_sched_fork(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     // SAFETY: offset from the format file.
-    let child: i32 =
-        unsafe { ctx.read_at(offsets().fork_child_pid as usize) }.map_err(|_| 1u32)?;
+    let child: i32 = unsafe { ctx.read_at(offsets().fork_child_pid as usize) }.map_err(|_| 1u32)?;
     if TARGETS.insert(&(child as u32), &1, 0).is_err() {
-        warn!(ctx, "cost-probe: target table full, pid {} not traced", child);
+        warn!(
+            ctx,
+            "cost-probe: target table full, pid {} not traced", child
+        );
     }
     Ok(0)
 }

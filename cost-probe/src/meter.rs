@@ -99,7 +99,9 @@ pub struct Meter {
 fn class_of(c: EnergyClass) -> Option<DomainClass> {
     match c {
         EnergyClass::Gpu => Some(DomainClass::Gpu),
-        EnergyClass::CpuPackage | EnergyClass::Psys | EnergyClass::CpuModel => Some(DomainClass::Cpu),
+        EnergyClass::CpuPackage | EnergyClass::Psys | EnergyClass::CpuModel => {
+            Some(DomainClass::Cpu)
+        }
         EnergyClass::Dram => Some(DomainClass::Dram),
         // Core and uncore are inside the package: counting them too would double-count.
         EnergyClass::Core | EnergyClass::Uncore => None,
@@ -181,7 +183,11 @@ impl Meter {
     }
 
     pub fn finished(&mut self, span: RequestSpan) {
-        let tokens = span.usage.prompt.zip(span.usage.completion).map(|(p, c)| p + c);
+        let tokens = span
+            .usage
+            .prompt
+            .zip(span.usage.completion)
+            .map(|(p, c)| p + c);
         self.ledger.span_ended(span.id, Nanos(span.end), tokens);
         self.held.insert(span.id, span);
     }
@@ -316,7 +322,11 @@ impl Meter {
     }
 
     fn price(&self, span: RequestSpan, energy: RequestEnergy) -> Priced {
-        let tokens = span.usage.prompt.zip(span.usage.completion).map(|(p, c)| p + c);
+        let tokens = span
+            .usage
+            .prompt
+            .zip(span.usage.completion)
+            .map(|(p, c)| p + c);
         let cost = self.prices.price(&energy, tokens);
         let tags = self.tagger.tags(&RequestInfo {
             method: span.method.as_deref(),
@@ -346,7 +356,10 @@ fn gpu_share(snap: &Snapshot, domain: crate::energy::DomainIdx) -> Share {
         .gpu_shares
         .iter()
         .find(|g| g.domain == Some(domain))
-        .map_or(TargetShare::Unknown, crate::energy::nvml::GpuShare::target_share);
+        .map_or(
+            TargetShare::Unknown,
+            crate::energy::nvml::GpuShare::target_share,
+        );
     match share {
         TargetShare::None => Share::new(0, 1),
         // Unknown: per-process samples unavailable; the target is assumed to own the GPU.

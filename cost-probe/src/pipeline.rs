@@ -197,7 +197,11 @@ impl Pipeline {
                 latency_ms: rec.duration_ms,
                 energy_j: rec.energy_j.map(|e| e.total),
                 cost_usd: rec.cost_usd.map(|c| c.total),
-                tokens: span.usage.prompt.zip(span.usage.completion).map(|(p, c)| p + c),
+                tokens: span
+                    .usage
+                    .prompt
+                    .zip(span.usage.completion)
+                    .map(|(p, c)| p + c),
             },
         );
         Ok(())

@@ -24,8 +24,10 @@ pub fn workspace() -> PathBuf {
 /// The cost-probe binary under test (`COST_PROBE_BIN`, else target/debug).
 #[must_use]
 pub fn bin() -> PathBuf {
-    std::env::var_os("COST_PROBE_BIN")
-        .map_or_else(|| workspace().join("target/debug/cost-probe"), PathBuf::from)
+    std::env::var_os("COST_PROBE_BIN").map_or_else(
+        || workspace().join("target/debug/cost-probe"),
+        PathBuf::from,
+    )
 }
 
 /// Returns why these tests cannot run here, if they cannot (printed, then the test returns).
@@ -115,6 +117,7 @@ pub struct Server {
 
 impl Server {
     /// Starts `cmd` and waits for its `listening PORT` line.
+    #[must_use]
     pub fn start(mut cmd: Command, timeout: Duration) -> Self {
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -133,11 +136,12 @@ impl Server {
         }
     }
 
-    /// tests/servers/sse_server.py (python3 asyncio).
+    /// `tests/servers/sse_server.py` (python3 asyncio).
     #[must_use]
     pub fn python_sse() -> Self {
         let mut cmd = Command::new("python3");
-        cmd.arg(workspace().join("tests/servers/sse_server.py")).arg("0");
+        cmd.arg(workspace().join("tests/servers/sse_server.py"))
+            .arg("0");
         Self::start(cmd, Duration::from_secs(10))
     }
 }
@@ -292,7 +296,10 @@ impl Attach {
                 assert!(status.success(), "cost-probe exited with {status}");
                 return self.records();
             }
-            assert!(Instant::now() < deadline, "cost-probe did not exit in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "cost-probe did not exit in {timeout:?}"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }

@@ -2,6 +2,7 @@
 //! what the servers logged. Run as root through `cargo xtask test`.
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -68,9 +69,19 @@ fn nginx_keepalive_spans_match_client_exactly() {
     }
     let records = probe.stop();
     let spans = records.requests();
-    assert_eq!(spans.len(), 200, "one span per request the client completed");
-    assert_eq!(multiset(spans.iter().map(|r| path_status(r))), multiset(expected));
-    assert_eq!(multiset(spans.iter().map(|r| path_status(r))), logged(&nginx));
+    assert_eq!(
+        spans.len(),
+        200,
+        "one span per request the client completed"
+    );
+    assert_eq!(
+        multiset(spans.iter().map(|r| path_status(r))),
+        multiset(expected)
+    );
+    assert_eq!(
+        multiset(spans.iter().map(|r| path_status(r))),
+        logged(&nginx)
+    );
     for s in &spans {
         assert_eq!(s["protocol"], "http1");
         assert_eq!(s["http"]["method"], "GET");
@@ -104,7 +115,10 @@ fn nginx_under_wrk_matches_the_access_log() {
     let log = logged(&nginx);
     let served: usize = log.values().sum();
     eprintln!("wrk: {}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("nginx served {served} requests; cost-probe saw {}", spans.len());
+    eprintln!(
+        "nginx served {served} requests; cost-probe saw {}",
+        spans.len()
+    );
     assert!(served > 1000, "load too small to mean anything: {served}");
     let lost = records.summary()["totals"]["lost_events"].as_u64().unwrap();
     assert_eq!(lost, 0, "ring buffer dropped events");
@@ -126,10 +140,16 @@ fn nginx_with_two_workers_is_traced_through_its_master() {
     let records = probe.stop();
     let spans = records.requests();
     assert_eq!(spans.len(), 60);
-    assert_eq!(multiset(spans.iter().map(|r| path_status(r))), logged(&nginx));
+    assert_eq!(
+        multiset(spans.iter().map(|r| path_status(r))),
+        logged(&nginx)
+    );
     for s in &spans {
         let pid = u32::try_from(s["pid"].as_u64().unwrap()).unwrap();
-        assert!(workers.contains(&pid), "span from pid {pid}, workers {workers:?}");
+        assert!(
+            workers.contains(&pid),
+            "span from pid {pid}, workers {workers:?}"
+        );
         assert_eq!(s["comm"], "nginx");
     }
 }
@@ -146,16 +166,22 @@ fn pipelined_requests_on_one_connection() {
             (n.port, n.master.pid(), Box::new(n))
         };
         let paths: &[&str] = if server == "python" {
-            &["/fixed?size=1", "/chunked?n=2", "/fixed?size=3", "/nope", "/fixed?size=5"]
+            &[
+                "/fixed?size=1",
+                "/chunked?n=2",
+                "/fixed?size=3",
+                "/nope",
+                "/fixed?size=5",
+            ]
         } else {
             &["/a", "/b", "/c", "/nope", "/a"]
         };
         let probe = Attach::start(pid, &[]);
         let mut c = Client::connect(port);
-        let raw: String = paths
-            .iter()
-            .map(|p| format!("GET {p} HTTP/1.1\r\nHost: t\r\n\r\n"))
-            .collect();
+        let raw = paths.iter().fold(String::new(), |mut raw, p| {
+            let _ = write!(raw, "GET {p} HTTP/1.1\r\nHost: t\r\n\r\n");
+            raw
+        });
         let sent = c.send(raw.as_bytes());
         let statuses: Vec<u16> = paths.iter().map(|_| c.read_response(sent).status).collect();
         let records = probe.stop();
@@ -168,7 +194,10 @@ fn pipelined_requests_on_one_connection() {
             .collect();
         assert_eq!(got, want, "{server}: spans in pipeline order");
         // All five arrived in one read, so they share a start; they end in order.
-        assert!(spans.iter().all(|s| s["start"] == spans[0]["start"]), "{server}");
+        assert!(
+            spans.iter().all(|s| s["start"] == spans[0]["start"]),
+            "{server}"
+        );
         let ends: Vec<&str> = spans.iter().map(|s| s["end"].as_str().unwrap()).collect();
         assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{server}: {ends:?}");
     }
@@ -176,8 +205,8 @@ fn pipelined_requests_on_one_connection() {
 
 #[test]
 fn sse_stream_chunks_and_latency_match_the_client() {
-    require_kernel!();
     const N: usize = 8;
+    require_kernel!();
     let server = Server::python_sse();
     let probe = Attach::start(server.proc.pid(), &[]);
     let mut client = Client::connect(server.port);
@@ -199,12 +228,18 @@ fn sse_stream_chunks_and_latency_match_the_client() {
         let first_chunk = s["first_chunk_ms"].as_f64().unwrap();
         assert!(ttfb < first_chunk && first_chunk < d, "{s}");
         // The span lasts to the last chunk: N chunks 15 ms apart.
-        assert!(d >= (N as f64) * 15.0 * 0.9, "span ends at the last chunk: {d} ms");
+        assert!(
+            d >= (N as f64) * 15.0 * 0.9,
+            "span ends at the last chunk: {d} ms"
+        );
         diffs.push((d - c).abs());
     }
     diffs.sort_by(f64::total_cmp);
     let median = diffs[diffs.len() / 2];
-    eprintln!("span vs client latency: median |diff| {median:.3} ms over {} requests", diffs.len());
+    eprintln!(
+        "span vs client latency: median |diff| {median:.3} ms over {} requests",
+        diffs.len()
+    );
     assert!(median < 1.0, "median |span - client| = {median} ms");
 }
 
@@ -366,7 +401,11 @@ while True:
     }
     let records = probe.stop();
     let spans = records.requests();
-    assert_eq!(spans.len(), 3, "the first connection after attach is traced too");
+    assert_eq!(
+        spans.len(),
+        3,
+        "the first connection after attach is traced too"
+    );
     for (s, peer) in spans.iter().zip(&peers) {
         assert_eq!(s["http"]["path"], "/first");
         assert_eq!(s["conn"]["peer"], peer.to_string());

@@ -15,7 +15,7 @@ fn llama() -> Server {
     let mut cmd = Command::new(py);
     cmd.arg(workspace().join("tests/servers/llama_server.py"))
         .arg("0");
-    Server::start(cmd, Duration::from_secs(180))
+    Server::start(cmd, Duration::from_mins(3))
 }
 
 /// The `usage` object and `model` the client received (JSON body, or the SSE events).
@@ -46,7 +46,11 @@ fn llama_cpp_requests_carry_model_and_exact_token_counts() {
     let probe = Attach::start(server.proc.pid(), &[]);
     let chat = r#""messages":[{"role":"user","content":"Say hello in five words."}]"#;
     let cases = [
-        ("/v1/chat/completions", format!(r#"{{"model":"x",{chat},"max_tokens":8}}"#), false),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{"model":"x",{chat},"max_tokens":8}}"#),
+            false,
+        ),
         (
             "/v1/chat/completions",
             format!(
@@ -54,8 +58,16 @@ fn llama_cpp_requests_carry_model_and_exact_token_counts() {
             ),
             true,
         ),
-        ("/v1/completions", r#"{"prompt":"The capital of France is","max_tokens":8}"#.to_owned(), false),
-        ("/v1/completions", r#"{"prompt":"Once upon a time","max_tokens":6,"stream":true}"#.to_owned(), true),
+        (
+            "/v1/completions",
+            r#"{"prompt":"The capital of France is","max_tokens":8}"#.to_owned(),
+            false,
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt":"Once upon a time","max_tokens":6,"stream":true}"#.to_owned(),
+            true,
+        ),
     ];
     let mut want = Vec::new();
     for (path, body, _) in &cases {

@@ -39,8 +39,11 @@ pub fn run(which: &str, secs: u64, rounds: u32) -> anyhow::Result<()> {
     match which {
         "overhead" => overhead(secs, rounds),
         "micro" => crate::run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["bench", "-p", "cost-probe"]),
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+                "bench",
+                "-p",
+                "cost-probe",
+            ]),
         ),
         other => bail!("unknown benchmark {other:?} (overhead, micro)"),
     }
@@ -93,7 +96,10 @@ fn bpftrace(worker: u32) -> anyhow::Result<Proc> {
             ]
         })
         .collect();
-    let script = format!("{} /pid == {worker}/ {{ @n = count(); }}", probes.join(",\n"));
+    let script = format!(
+        "{} /pid == {worker}/ {{ @n = count(); }}",
+        probes.join(",\n")
+    );
     let mut child = Command::new("bpftrace")
         .args(["-q", "-e", &script])
         .stdout(Stdio::null())
@@ -110,8 +116,12 @@ fn bpftrace(worker: u32) -> anyhow::Result<Proc> {
 
 fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
     crate::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "cost-probe"]),
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "build",
+            "--release",
+            "-p",
+            "cost-probe",
+        ]),
     )?;
     // SAFETY: std::env::set_var before spawning threads of our own.
     unsafe { std::env::set_var("COST_PROBE_BIN", "target/release/cost-probe") };

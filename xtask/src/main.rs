@@ -138,13 +138,25 @@ const LLVM: &str = "22";
 fn setup(test_deps: bool) -> anyhow::Result<()> {
     // Nightly with rust-src builds the eBPF crate (-Z build-std=core).
     if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let components = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()?;
     if !String::from_utf8_lossy(&components.stdout).contains("rust-src") {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let llvm = [
         "llvm-22-dev",
@@ -154,9 +166,18 @@ fn setup(test_deps: bool) -> anyhow::Result<()> {
     ];
     if !have("bpf-linker") {
         apt_install(&llvm)?;
-        let path = format!("/usr/lib/llvm-{LLVM}/bin:{}", env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "/usr/lib/llvm-{LLVM}/bin:{}",
+            env::var("PATH").unwrap_or_default()
+        );
         run(Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{LLVM}"))
             .env("PATH", path))?;
     }
@@ -189,7 +210,14 @@ fn cargo() -> Command {
 fn test(filter: &[String]) -> anyhow::Result<()> {
     setup(true)?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["test", "--workspace", "--exclude", "cost-probe-tests"]))?;
     // The integration tests drive the release build: at tens of thousands of requests per
     // second on 2 cores a debug consumer falls behind the ring buffer (and says so with `lost`).

@@ -13,12 +13,12 @@ use crate::{
     energy::Roots,
     meter::Meter,
     output::{Sink, record_file},
-    rules::Rules,
     pipeline::Pipeline,
     probe::{
         Probe, ProbeError,
         procscan::{self, FdKind},
     },
+    rules::Rules,
     units::monotonic_now,
 };
 

@@ -64,7 +64,9 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("demo: sample server (pid {pid}) streaming OpenAI-style chat completions on 127.0.0.1:{port}");
+    eprintln!(
+        "demo: sample server (pid {pid}) streaming OpenAI-style chat completions on 127.0.0.1:{port}"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -118,7 +120,11 @@ async fn client(port: u16, c: u32, n: u32) -> std::io::Result<u32> {
     let mut s = BufReader::new(TcpStream::connect(("127.0.0.1", port)).await?);
     for i in 0..n {
         let tokens = 8 + (c * 7 + i * 13) % 40;
-        let model = if (c + i) % 3 == 0 { "demo-large" } else { "demo-small" };
+        let model = if (c + i).is_multiple_of(3) {
+            "demo-large"
+        } else {
+            "demo-small"
+        };
         let body = format!(
             r#"{{"model":"{model}","stream":true,"max_tokens":{tokens},"messages":[{{"role":"user","content":"request {c}-{i}"}}]}}"#
         );
@@ -167,7 +173,7 @@ pub async fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let port = listener.local_addr().map_or(0, |a| a.port());
     println!("listening {port}");
     loop {
         let Ok((sock, _)) = listener.accept().await else {
@@ -216,9 +222,15 @@ async fn stream_completion(w: &mut TcpStream, req: &serde_json::Value) -> std::i
     let tokens = req["max_tokens"].as_u64().unwrap_or(16).min(512);
     let prompt = req["messages"].to_string().len() as u64 / 4 + 1;
     // Bigger "model", more work per token.
-    let work = if model == "demo-large" { 400_000 } else { 100_000 };
-    w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .await?;
+    let work = if model == "demo-large" {
+        400_000
+    } else {
+        100_000
+    };
+    w.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await?;
     for i in 0..tokens {
         let mut x = i;
         for k in 0..work {

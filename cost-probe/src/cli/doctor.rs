@@ -48,13 +48,21 @@ fn item(ok: bool, what: &str, detail: impl Into<String>) -> Item {
 
 /// Checks everything `attach` needs, ending with a real load of the probe.
 #[must_use]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a flat list of checks, each a few lines"
+)]
 pub fn tracing() -> TracingReport {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned());
     let mut items = Vec::new();
     let privileged = probe::check_privileges();
     items.push(match &privileged {
-        Ok(()) => item(true, "privileges", "can load eBPF programs (CAP_BPF+CAP_PERFMON or root)"),
+        Ok(()) => item(
+            true,
+            "privileges",
+            "can load eBPF programs (CAP_BPF+CAP_PERFMON or root)",
+        ),
         Err(e) => item(false, "privileges", e.to_string()),
     });
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
@@ -74,7 +82,11 @@ pub fn tracing() -> TracingReport {
         }
         None if privileged.is_ok() => match tracefs::ensure_mounted() {
             Ok(r) => {
-                items.push(item(true, "tracefs", format!("was not mounted; mounted it at {}", r.display())));
+                items.push(item(
+                    true,
+                    "tracefs",
+                    format!("was not mounted; mounted it at {}", r.display()),
+                ));
                 Some(r)
             }
             Err(e) => {
@@ -83,7 +95,11 @@ pub fn tracing() -> TracingReport {
             }
         },
         None => {
-            items.push(item(false, "tracefs", "not mounted, and mounting it needs CAP_SYS_ADMIN"));
+            items.push(item(
+                false,
+                "tracefs",
+                "not mounted, and mounting it needs CAP_SYS_ADMIN",
+            ));
             None
         }
     };
@@ -94,9 +110,17 @@ pub fn tracing() -> TracingReport {
             .collect();
         let n = probe::tracepoints().count();
         items.push(if missing.is_empty() {
-            item(true, "tracepoints", format!("all {n} syscall and sched tracepoints present"))
+            item(
+                true,
+                "tracepoints",
+                format!("all {n} syscall and sched tracepoints present"),
+            )
         } else {
-            item(false, "tracepoints", format!("missing: {}", missing.join(", ")))
+            item(
+                false,
+                "tracepoints",
+                format!("missing: {}", missing.join(", ")),
+            )
         });
     }
     let kprobes = Path::new("/sys/kernel/tracing/kprobe_events").exists();
@@ -114,7 +138,11 @@ pub fn tracing() -> TracingReport {
         match Probe::load() {
             Ok(p) => {
                 drop(p);
-                item(true, "eBPF probe", "loaded and attached to every tracepoint, then detached")
+                item(
+                    true,
+                    "eBPF probe",
+                    "loaded and attached to every tracepoint, then detached",
+                )
             }
             Err(e @ ProbeError::NoObject) => item(false, "eBPF probe", e.to_string()),
             Err(e) => item(false, "eBPF probe", format!("the kernel refused it: {e}")),
@@ -135,7 +163,13 @@ fn render(t: &TracingReport, e: &energy::doctor::EnergyReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Request tracing (kernel {})", t.kernel);
     for i in &t.items {
-        let _ = writeln!(s, "  [{}] {:<12} {}", if i.ok { " ok " } else { "FAIL" }, i.what, i.detail);
+        let _ = writeln!(
+            s,
+            "  [{}] {:<12} {}",
+            if i.ok { " ok " } else { "FAIL" },
+            i.what,
+            i.detail
+        );
     }
     let _ = writeln!(
         s,
@@ -150,6 +184,7 @@ fn render(t: &TracingReport, e: &energy::doctor::EnergyReport) -> String {
     s
 }
 
+#[must_use]
 pub fn run(args: &DoctorArgs) -> ExitCode {
     let tracing = tracing();
     let energy = energy::doctor::report(&Roots::default());
@@ -168,6 +203,11 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
     exit(tracing.attach_works)
 }
 
+#[must_use]
 fn exit(ok: bool) -> ExitCode {
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

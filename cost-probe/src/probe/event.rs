@@ -306,10 +306,8 @@ mod tests {
         ev.head[..head.len()].copy_from_slice(head);
         ev.tail[..tail.len()].copy_from_slice(tail);
         // SAFETY: DataEvent is repr(C) with no padding (size asserted in the common crate).
-        unsafe {
-            std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<DataEvent>())
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<DataEvent>()) }
+            .to_vec()
     }
 
     #[test]

@@ -24,10 +24,18 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/co
 /// (program, tracepoints it attaches to). One program serves several syscalls with the same
 /// argument shape.
 const PROGRAMS: &[(&str, &str, &[&str])] = &[
-    ("enter_read", "syscalls", &["sys_enter_read", "sys_enter_recvfrom"]),
+    (
+        "enter_read",
+        "syscalls",
+        &["sys_enter_read", "sys_enter_recvfrom"],
+    ),
     ("enter_readv", "syscalls", &["sys_enter_readv"]),
     ("enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
-    ("enter_write", "syscalls", &["sys_enter_write", "sys_enter_sendto"]),
+    (
+        "enter_write",
+        "syscalls",
+        &["sys_enter_write", "sys_enter_sendto"],
+    ),
     ("enter_writev", "syscalls", &["sys_enter_writev"]),
     ("enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
     ("enter_sendfile", "syscalls", &["sys_enter_sendfile64"]),
@@ -46,8 +54,16 @@ const PROGRAMS: &[(&str, &str, &[&str])] = &[
             "sys_exit_sendfile64",
         ],
     ),
-    ("enter_accept", "syscalls", &["sys_enter_accept", "sys_enter_accept4"]),
-    ("exit_accept", "syscalls", &["sys_exit_accept", "sys_exit_accept4"]),
+    (
+        "enter_accept",
+        "syscalls",
+        &["sys_enter_accept", "sys_enter_accept4"],
+    ),
+    (
+        "exit_accept",
+        "syscalls",
+        &["sys_exit_accept", "sys_exit_accept4"],
+    ),
     ("enter_close", "syscalls", &["sys_enter_close"]),
     ("sched_fork", "sched", &["sched_process_fork"]),
     ("sched_exit", "sched", &["sched_process_exit"]),
@@ -203,7 +219,7 @@ impl Probe {
             targets,
             conns,
             pending,
-            logger: logger,
+            logger,
             lost_seen: 0,
         })
     }
@@ -230,7 +246,15 @@ impl Probe {
         let key = (u64::from(tgid) << 32) | u64::from(s.tid);
         let fd = s.args[0] as i32;
         let conn_id = || {
-            self.conns.get(&ConnKey { tgid, fd: fd as u32 }, 0).ok()
+            self.conns
+                .get(
+                    &ConnKey {
+                        tgid,
+                        fd: fd as u32,
+                    },
+                    0,
+                )
+                .ok()
         };
         let (shape, kind, conn_id) = match s.nr {
             n if n == libc::SYS_accept || n == libc::SYS_accept4 => {

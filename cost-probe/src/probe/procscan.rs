@@ -135,7 +135,11 @@ pub fn classify(pid: u32, fd: i32) -> FdKind {
         FDTarget::Socket(inode) => Some(inode),
         _ => None,
     }) else {
-        return if p.fd_from_fd(fd).is_ok() { FdKind::NotTcp } else { FdKind::Gone };
+        return if p.fd_from_fd(fd).is_ok() {
+            FdKind::NotTcp
+        } else {
+            FdKind::Gone
+        };
     };
     tcp_entries(&p)
         .into_iter()
@@ -152,17 +156,7 @@ pub fn existing_conns(pid: u32, id: u64) -> Vec<(ConnId, SocketAddr, SocketAddr)
     sockets(pid)
         .inbound
         .into_iter()
-        .map(|(fd, (local, peer))| {
-            (
-                ConnId {
-                    tgid: pid,
-                    fd,
-                    id,
-                },
-                local,
-                peer,
-            )
-        })
+        .map(|(fd, (local, peer))| (ConnId { tgid: pid, fd, id }, local, peer))
         .collect()
 }
 
@@ -200,7 +194,10 @@ pub fn blocked_threads(pid: u32) -> Vec<Blocked> {
         .flatten()
         .filter_map(|t| {
             let tid: u32 = t.file_name().to_str()?.parse().ok()?;
-            parse_syscall(tid, &std::fs::read_to_string(t.path().join("syscall")).ok()?)
+            parse_syscall(
+                tid,
+                &std::fs::read_to_string(t.path().join("syscall")).ok()?,
+            )
         })
         .collect()
 }
@@ -219,7 +216,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.nr, 288);
-        assert_eq!(b.args[..4], [3, 0x7fda_7413_d980, 0x7fda_7413_d974, 0x80000]);
+        assert_eq!(
+            b.args[..4],
+            [3, 0x7fda_7413_d980, 0x7fda_7413_d974, 0x80000]
+        );
         assert_eq!(parse_syscall(7, "running\n"), None);
         assert_eq!(parse_syscall(7, "-1 0x7ffd5c1e8ee8 0x7f1b2f0f1d9d\n"), None);
     }

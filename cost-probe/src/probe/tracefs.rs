@@ -233,8 +233,10 @@ print fmt: \"fd: 0x%08lx, buff: 0x%08lx, len: 0x%08lx, flags: 0x%08lx, addr: 0x%
 
     #[test]
     fn array_fields_lose_their_suffix() {
-        let f = parse_format("\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;".as_bytes())
-            .unwrap();
+        let f = parse_format(
+            "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;".as_bytes(),
+        )
+        .unwrap();
         assert_eq!(f[0].name, "parent_comm");
     }
 }

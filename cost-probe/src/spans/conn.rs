@@ -212,7 +212,14 @@ impl Conn {
         }
     }
 
-    fn http_out(&mut self, ctx: &mut Ctx<'_>, ts: u64, segs: [Seg<'_>; 3], head: &[u8], tail: &[u8]) {
+    fn http_out(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        ts: u64,
+        segs: [Seg<'_>; 3],
+        head: &[u8],
+        tail: &[u8],
+    ) {
         // Usage sits at a non-streamed body's end or in a stream's last chunk; scan the write
         // before framing may finish its response.
         let mut usage = scan::usage(head);
@@ -243,6 +250,11 @@ impl Conn {
 
     /// Consumes one segment of a write, finishing responses as their framing completes (a
     /// write may end one pipelined response and start the next).
+    #[expect(
+        clippy::too_many_lines,
+        clippy::many_single_char_names,
+        reason = "one state machine over header block, then body framing; split, its states would be passed around"
+    )]
     fn out_seg(&mut self, ctx: &mut Ctx<'_>, ts: u64, seg: Seg<'_>, write: &Write<'_>) {
         let mut seg = seg;
         loop {
@@ -353,7 +365,7 @@ impl Conn {
                         let before = c.chunks;
                         let k = match c.feed(b) {
                             Ok(k) => k,
-                            Err(()) => {
+                            Err(_) => {
                                 resp.flags.set(Flags::MALFORMED);
                                 c.skip(u64::MAX);
                                 b.len()
@@ -420,7 +432,14 @@ impl Conn {
                         (None, None)
                     }
                 };
-                (status, Some(r.first_byte), r.body.first, chunks, r.bytes_out, r.model)
+                (
+                    status,
+                    Some(r.first_byte),
+                    r.body.first,
+                    chunks,
+                    r.bytes_out,
+                    r.model,
+                )
             }
             None => {
                 flags.set(Flags::NO_RESPONSE);
@@ -542,11 +561,18 @@ impl Conn {
             out,
         };
         if self.turn.is_some() {
-            let flags = if abrupt { Flags::PARTIAL } else { Flags::default() };
+            let flags = if abrupt {
+                Flags::PARTIAL
+            } else {
+                Flags::default()
+            };
             self.finish_turn(&mut ctx, Some(ts), flags);
         }
         if let Some(r) = &self.resp {
-            let until_close = r.head.as_ref().is_some_and(|h| h.framing == Framing::UntilClose);
+            let until_close = r
+                .head
+                .as_ref()
+                .is_some_and(|h| h.framing == Framing::UntilClose);
             let flags = if until_close && !abrupt {
                 Flags::default()
             } else {

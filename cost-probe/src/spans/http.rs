@@ -21,6 +21,7 @@ pub enum Seg<'a> {
 }
 
 /// Splits a payload of `len` bytes into head, gap and tail.
+#[must_use]
 pub fn segments<'a>(head: &'a [u8], tail: &'a [u8], len: u64) -> [Seg<'a>; 3] {
     let h = head.len() as u64;
     let tail = if h + tail.len() as u64 > len {
@@ -36,7 +37,14 @@ pub fn segments<'a>(head: &'a [u8], tail: &'a [u8], len: u64) -> [Seg<'a>; 3] {
 #[must_use]
 pub fn looks_like_request(b: &[u8]) -> bool {
     const METHODS: [&[u8]; 9] = [
-        b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
         b"TRACE ",
     ];
     METHODS.iter().any(|m| b.starts_with(m))
@@ -88,6 +96,11 @@ enum Chunk {
     Lost,
 }
 
+/// Chunk framing that does not parse (a bad size line, missing CRLF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked framing")]
+pub struct ChunkError;
+
 /// Parses `Transfer-Encoding: chunked` framing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunked {
@@ -116,7 +129,7 @@ impl Chunked {
     }
 
     /// Consumes bytes; returns how many belong to this body (the rest follows the body).
-    pub fn feed(&mut self, b: &[u8]) -> Result<usize, ()> {
+    pub fn feed(&mut self, b: &[u8]) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < b.len() {
             match &mut self.state {
@@ -124,9 +137,9 @@ impl Chunked {
                     let c = b[i];
                     i += 1;
                     if c == b'\n' {
-                        let text = std::str::from_utf8(line).map_err(|_| ())?;
+                        let text = std::str::from_utf8(line).map_err(|_| ChunkError)?;
                         let hex = text.split(';').next().unwrap_or("").trim();
-                        let size = u64::from_str_radix(hex, 16).map_err(|_| ())?;
+                        let size = u64::from_str_radix(hex, 16).map_err(|_| ChunkError)?;
                         self.state = if size == 0 {
                             Chunk::Trailer(0)
                         } else {
@@ -135,7 +148,7 @@ impl Chunked {
                         };
                     } else if c != b'\r' {
                         if line.len() >= 64 {
-                            return Err(());
+                            return Err(ChunkError);
                         }
                         line.push(c);
                     }
@@ -150,7 +163,7 @@ impl Chunked {
                 }
                 Chunk::DataEnd(n) => {
                     if !matches!(b[i], b'\r' | b'\n') {
-                        return Err(());
+                        return Err(ChunkError);
                     }
                     let last = b[i] == b'\n';
                     i += 1;
@@ -228,7 +241,10 @@ pub struct Request {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum ReqState {
-    Headers { buf: Vec<u8>, start: u64 },
+    Headers {
+        buf: Vec<u8>,
+        start: u64,
+    },
     Body(u64),
     ChunkedBody(Chunked),
     /// Lost sync: wait for bytes that start a request line.
@@ -354,7 +370,7 @@ impl RequestParser {
                                     self.state = ReqState::default_headers();
                                 }
                             }
-                            Err(()) => {
+                            Err(ChunkError) => {
                                 self.lose(queue, &mut out);
                                 return out;
                             }
@@ -397,7 +413,11 @@ impl ReqState {
     }
 }
 
-fn request_from(req: &httparse::Request<'_, '_>, start: u64, header_len: u64) -> (Request, ReqState) {
+fn request_from(
+    req: &httparse::Request<'_, '_>,
+    start: u64,
+    header_len: u64,
+) -> (Request, ReqState) {
     let raw_path = req.path.unwrap_or("");
     let path = raw_path.split(['?', '#']).next().unwrap_or("").to_owned();
     let mut r = Request {
@@ -593,9 +613,10 @@ mod tests {
         };
         assert!(h.event_stream);
         assert!(matches!(h.framing, Framing::Chunked(_)));
-        let HeadParse::Complete(h) =
-            parse_response_head(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false)
-        else {
+        let HeadParse::Complete(h) = parse_response_head(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+            false,
+        ) else {
             panic!()
         };
         assert_eq!(h.framing, Framing::Empty);
@@ -603,6 +624,9 @@ mod tests {
             parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Le", false),
             HeadParse::Partial
         ));
-        assert!(matches!(parse_response_head(b"\x00\x01garbage\r\n\r\n", false), HeadParse::Invalid));
+        assert!(matches!(
+            parse_response_head(b"\x00\x01garbage\r\n\r\n", false),
+            HeadParse::Invalid
+        ));
     }
 }

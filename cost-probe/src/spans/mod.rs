@@ -8,8 +8,8 @@ pub mod scan;
 
 use std::{collections::HashMap, net::SocketAddr};
 
-pub use self::scan::Usage;
 use self::conn::Conn;
+pub use self::scan::Usage;
 use crate::probe::{ConnId, Event};
 
 /// How a connection's requests were delimited.
@@ -96,9 +96,17 @@ pub struct RequestSpan {
 
 /// What the builder reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved through one reused Vec; boxing would add an allocation per request"
+)]
 pub enum SpanEvent {
     /// A request began (attribution counts it active from `start`).
-    Started { id: u64, conn: ConnId, start: u64 },
+    Started {
+        id: u64,
+        conn: ConnId,
+        start: u64,
+    },
     Finished(RequestSpan),
 }
 
@@ -200,7 +208,12 @@ impl SpanBuilder {
                 }
             }
             Event::ProcExit { ts, tgid } => {
-                let gone: Vec<ConnId> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+                let gone: Vec<ConnId> = self
+                    .conns
+                    .keys()
+                    .filter(|k| k.tgid == tgid)
+                    .copied()
+                    .collect();
                 for k in gone {
                     if let Some(mut c) = self.conns.remove(&k) {
                         c.close(k, ts, true, out);
@@ -260,7 +273,11 @@ impl SpanBuilder {
             self.stats.conn_overflow += 1;
             return None;
         }
-        Some(self.conns.entry(conn).or_insert_with(|| Conn::new(accepted)))
+        Some(
+            self.conns
+                .entry(conn)
+                .or_insert_with(|| Conn::new(accepted)),
+        )
     }
 }
 

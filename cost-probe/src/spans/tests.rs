@@ -82,7 +82,11 @@ fn python_asyncio_fixture_gives_exact_spans() {
     assert!(spans[2].bytes_out > 2000);
     assert_eq!(spans[5].start, spans[6].start);
     assert!(spans[5].end <= spans[6].end && spans[6].end <= spans[7].end);
-    assert!(spans.iter().all(|s| s.flags.names().all(|f| f == "streamed")));
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.flags.names().all(|f| f == "streamed"))
+    );
 }
 
 #[test]
@@ -91,7 +95,15 @@ fn truncated_payloads_are_flagged_and_nothing_else_is_lost() {
     // Hide the first response's headers behind a kernel gap: keep 4 bytes of head.
     let idx = events
         .iter()
-        .position(|e| matches!(e, OwnedEvent::Data { dir: Direction::Out, .. }))
+        .position(|e| {
+            matches!(
+                e,
+                OwnedEvent::Data {
+                    dir: Direction::Out,
+                    ..
+                }
+            )
+        })
         .unwrap();
     if let OwnedEvent::Data { head, .. } = &mut events[idx] {
         head.truncate(4);
@@ -110,7 +122,15 @@ fn malformed_status_line_is_flagged() {
     let mut events = fixture("python_asyncio_mixed.ndjson");
     let idx = events
         .iter()
-        .position(|e| matches!(e, OwnedEvent::Data { dir: Direction::Out, .. }))
+        .position(|e| {
+            matches!(
+                e,
+                OwnedEvent::Data {
+                    dir: Direction::Out,
+                    ..
+                }
+            )
+        })
         .unwrap();
     if let OwnedEvent::Data { head, .. } = &mut events[idx] {
         head[..8].copy_from_slice(b"XTTP/9.Z");
@@ -126,7 +146,15 @@ fn close_mid_response_flushes_a_partial_span() {
     // Cut the stream after the first response's headers, then close the connection.
     let first_out = events
         .iter()
-        .position(|e| matches!(e, OwnedEvent::Data { dir: Direction::Out, .. }))
+        .position(|e| {
+            matches!(
+                e,
+                OwnedEvent::Data {
+                    dir: Direction::Out,
+                    ..
+                }
+            )
+        })
         .unwrap();
     let OwnedEvent::Data { conn, ts, .. } = events[first_out].clone() else {
         unreachable!()
@@ -161,7 +189,11 @@ fn http2_preface_is_flagged_approximate() {
             peer: None,
             listen_fd: 3,
         },
-        ev(1, Direction::In, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04"),
+        ev(
+            1,
+            Direction::In,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04",
+        ),
         ev(2, Direction::Out, b"\x00\x00\x06\x04\x00"),
         ev(3, Direction::In, b"\x00\x00\x20\x01\x05"),
         ev(4, Direction::Out, b"\x00\x00\x40\x00\x01"),
@@ -175,11 +207,7 @@ fn http2_preface_is_flagged_approximate() {
 }
 
 fn arb_event() -> impl Strategy<Value = OwnedEvent> {
-    let conn = (0u32..2, 0i32..3).prop_map(|(t, fd)| crate::probe::ConnId {
-        tgid: t,
-        fd,
-        id: 1,
-    });
+    let conn = (0u32..2, 0i32..3).prop_map(|(t, fd)| crate::probe::ConnId { tgid: t, fd, id: 1 });
     let payload = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64),
         Just(b"GET / HTTP/1.1\r\n\r\n".to_vec()),
