@@ -133,6 +133,9 @@ pub mod shape {
     pub const NONE: u16 = 3;
     /// `(struct sockaddr *addr, int *addrlen)` of accept/accept4.
     pub const ACCEPT: u16 = 4;
+    /// Consumed: the entry stays in the map (one per thread) and is overwritten in place by the
+    /// next enter, which is much cheaper than a delete and an insert on every syscall.
+    pub const EMPTY: u16 = 0xffff;
 }
 
 /// Syscall arguments saved at enter (keyed by `pid_tgid`) and consumed at exit. Userspace seeds

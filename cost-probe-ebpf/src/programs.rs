@@ -46,10 +46,36 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 use cost_probe_common::{
     Pending,
     shape::{
-        ACCEPT as SHAPE_ACCEPT, BUF as SHAPE_BUF, IOV as SHAPE_IOV, MSG as SHAPE_MSG,
-        NONE as SHAPE_NONE,
+        ACCEPT as SHAPE_ACCEPT, BUF as SHAPE_BUF, EMPTY as SHAPE_EMPTY, IOV as SHAPE_IOV,
+        MSG as SHAPE_MSG, NONE as SHAPE_NONE,
     },
 };
+
+/// Saves a syscall's arguments for its exit, in place when the thread already has an entry.
+#[inline(always)]
+fn save_pending(pid_tgid: u64, p: &Pending) -> Result<(), u32> {
+    match PENDING.get_ptr_mut(&pid_tgid) {
+        // SAFETY: the pointer is to this thread's own entry; only this thread writes it.
+        Some(slot) => unsafe { *slot = *p },
+        None => PENDING.insert(&pid_tgid, p, 0).map_err(|_| 1u32)?,
+    }
+    Ok(())
+}
+
+/// Takes this thread's saved arguments, leaving the entry marked consumed.
+#[inline(always)]
+fn take_pending(pid_tgid: u64) -> Option<Pending> {
+    let slot = PENDING.get_ptr_mut(&pid_tgid)?;
+    // SAFETY: as in save_pending.
+    unsafe {
+        if (*slot).shape == SHAPE_EMPTY {
+            return None;
+        }
+        let p = *slot;
+        (*slot).shape = SHAPE_EMPTY;
+        Some(p)
+    }
+}
 
 #[inline(always)]
 fn offsets() -> TpOffsets {
@@ -83,10 +109,14 @@ fn count_lost() {
     }
 }
 
-/// Wake the consumer only when a batch has built up; it also polls on a short timer.
+/// Wake the consumer only when a batch has built up, and only once per batch: the record that
+/// crosses the threshold wakes it; the ones after it (while it is waking and draining) do not,
+/// since a forced wake-up per record costs more than the record itself. The consumer also polls
+/// on a short timer, so a crossing missed by racing CPUs delays records by at most that period.
 #[inline(always)]
-fn wakeup_flag() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+fn wakeup_flag(size: usize) -> u64 {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if avail >= WAKEUP_BYTES && avail < WAKEUP_BYTES + size as u64 + 8 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -141,7 +171,7 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32,
         nr: syscall_nr(ctx),
         pad: 0,
     };
-    PENDING.insert(&pid_tgid, &pending, 0).map_err(|_| 1u32)?;
+    save_pending(pid_tgid, &pending)?;
     Ok(0)
 }
 
@@ -225,11 +255,9 @@ fn copy_iov(ev: &mut DataEvent, iov: u64, iovcnt: u64, len: u64) {
 #[inline(always)]
 fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before the entry is removed.
-    let Some(p) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
+    let Some(p) = take_pending(pid_tgid) else {
         return Ok(0);
     };
-    let _ = PENDING.remove(&pid_tgid);
     if p.shape == SHAPE_ACCEPT {
         return Ok(0); // left over from an accept seeded at attach that had already returned
     }
@@ -278,7 +306,7 @@ fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
         }
         _ => {}
     }
-    entry.submit(wakeup_flag());
+    entry.submit(wakeup_flag(core::mem::size_of::<DataEvent>()));
     Ok(0)
 }
 
@@ -346,7 +374,7 @@ fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
         nr: syscall_nr(ctx),
         pad: 0,
     };
-    PENDING.insert(&pid_tgid, &pending, 0).map_err(|_| 1u32)?;
+    save_pending(pid_tgid, &pending)?;
     Ok(0)
 }
 
@@ -360,12 +388,8 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
 
 fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before removal.
-    let p = match (unsafe { PENDING.get(&pid_tgid) }).copied() {
-        Some(p) => {
-            let _ = PENDING.remove(&pid_tgid);
-            p
-        }
+    let p = match take_pending(pid_tgid) {
+        Some(p) => p,
         // An accept that was already blocking when we attached (thread-per-connection servers
         // such as cpp-httplib sit in accept(2)): no saved arguments, so the family is unknown
         // and userspace classifies the socket.
@@ -434,7 +458,7 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
         listen_fd: p.fd,
         peer_addr,
     });
-    entry.submit(wakeup_flag());
+    entry.submit(wakeup_flag(core::mem::size_of::<ConnEvent>()));
     Ok(0)
 }
 
@@ -470,7 +494,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
         EventKind::Close,
         syscall_nr(ctx),
     ));
-    entry.submit(wakeup_flag());
+    entry.submit(wakeup_flag(core::mem::size_of::<EventHeader>()));
     Ok(0)
 }
 
@@ -513,6 +537,8 @@ pub fn sched_exit(_ctx: TracePointContext) -> u32 {
 
 fn try_sched_exit() -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // The thread's pending-syscall slot lives until the thread does.
+    let _ = PENDING.remove(&pid_tgid);
     let tid = pid_tgid as u32;
     if !is_target(tid) {
         return Ok(0);

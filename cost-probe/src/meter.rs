@@ -4,11 +4,9 @@
 //! event up to the tick has already been turned into spans when the interval ending at the tick
 //! is attributed. A finished span waits here until the ledger has seen the interval holding its
 //! end, then comes out priced.
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
 use crate::{
@@ -157,7 +155,7 @@ impl Meter {
             last_at: vec![None; n],
             prev_cpu: None,
             ledger,
-            held: HashMap::new(),
+            held: HashMap::default(),
             targets: Vec::new(),
             targets_dirty: false,
             totals: MeterTotals::default(),

@@ -10,7 +10,7 @@ use std::{
 use crate::{
     meter::{Meter, Priced},
     output::{
-        Sink, WallClock,
+        SecondCache, Sink, WallClock,
         records::{LostRecord, RequestRecord},
         summary::{GroupKey, Sample, Summary},
     },
@@ -38,6 +38,7 @@ pub struct Pipeline {
     /// Energy and pricing; `None` traces spans only.
     pub meter: Option<Meter>,
     priced: Vec<Priced>,
+    seconds: SecondCache,
 }
 
 impl Pipeline {
@@ -59,6 +60,7 @@ impl Pipeline {
             last_ts: 0,
             meter: None,
             priced: Vec::new(),
+            seconds: SecondCache::default(),
         }
     }
 
@@ -179,7 +181,7 @@ impl Pipeline {
         // The comm lives in self.comms while the sink writes.
         self.comm(span.conn.tgid);
         let comm = self.comms.get(&span.conn.tgid).map_or("?", String::as_str);
-        let mut rec = RequestRecord::from_span(span, comm, &self.clock);
+        let mut rec = RequestRecord::from_span(span, comm, &self.clock, &mut self.seconds);
         if let Some(p) = priced {
             rec = rec.priced(p);
         }

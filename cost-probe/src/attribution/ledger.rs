@@ -1,6 +1,7 @@
 //! The streaming attribution engine.
 
-use std::collections::HashMap;
+// Span ids are our own counter: a fast non-DoS-resistant hash is fine.
+use rustc_hash::FxHashMap as HashMap;
 
 use super::idle::IdleLearner;
 use super::{
@@ -96,7 +97,7 @@ impl Ledger {
         Self {
             cfg,
             spans: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             open: 0,
             domains: Vec::new(),
             token_sum: 0,

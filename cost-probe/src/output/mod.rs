@@ -54,6 +54,31 @@ impl WallClock {
     pub fn rfc3339(&self, mono_ns: u64) -> String {
         humantime::format_rfc3339_nanos(self.system_time(mono_ns)).to_string()
     }
+
+    /// Like [`Self::rfc3339`], reusing the date and time of day when the second is the one
+    /// formatted last (records come in time order, a few per millisecond).
+    pub fn rfc3339_cached(&self, mono_ns: u64, cache: &mut SecondCache) -> String {
+        let t = self.system_time(mono_ns);
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        if cache.secs != Some(d.as_secs()) {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs());
+            // "YYYY-MM-DDTHH:MM:SSZ" → keep up to the seconds.
+            let s = humantime::format_rfc3339_seconds(whole).to_string();
+            cache.prefix = s.trim_end_matches('Z').to_owned();
+            cache.secs = Some(d.as_secs());
+        }
+        let mut out = String::with_capacity(cache.prefix.len() + 11);
+        out.push_str(&cache.prefix);
+        let _ = std::fmt::Write::write_fmt(&mut out, format_args!(".{:09}Z", d.subsec_nanos()));
+        out
+    }
+}
+
+/// The formatted second of the last timestamp (see [`WallClock::rfc3339_cached`]).
+#[derive(Debug, Default, Clone)]
+pub struct SecondCache {
+    secs: Option<u64>,
+    prefix: String,
 }
 
 /// Where records go: `-` for stdout, else a file (appended; reopened on request for logrotate).
@@ -126,4 +151,25 @@ impl Sink {
 /// Opens a file for `--record` (raw events, one JSON line each).
 pub fn record_file(path: &Path) -> io::Result<BufWriter<File>> {
     Ok(BufWriter::new(File::create(path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_rfc3339_equals_humantime() {
+        let clock = WallClock::fixed(1_795_000_000_123_456_789);
+        let mut cache = SecondCache::default();
+        for ns in [
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            86_400_000_000_123,
+            86_400_000_000_124,
+        ] {
+            assert_eq!(clock.rfc3339_cached(ns, &mut cache), clock.rfc3339(ns));
+        }
+    }
 }

@@ -96,7 +96,12 @@ fn ms(from: u64, to: u64) -> f64 {
 impl<'a> RequestRecord<'a> {
     /// The record for a span, without energy or cost (filled in by attribution when enabled).
     #[must_use]
-    pub fn from_span(span: &'a RequestSpan, comm: &'a str, clock: &WallClock) -> Self {
+    pub fn from_span(
+        span: &'a RequestSpan,
+        comm: &'a str,
+        clock: &WallClock,
+        cache: &mut super::SecondCache,
+    ) -> Self {
         let tokens = (!span.usage.is_empty()).then_some(Tokens {
             prompt: span.usage.prompt,
             completion: span.usage.completion,
@@ -104,8 +109,8 @@ impl<'a> RequestRecord<'a> {
         Self {
             v: VERSION,
             kind: Kind::Request,
-            start: clock.rfc3339(span.start),
-            end: clock.rfc3339(span.end),
+            start: clock.rfc3339_cached(span.start, cache),
+            end: clock.rfc3339_cached(span.end, cache),
             duration_ms: ms(span.start, span.end),
             pid: span.conn.tgid,
             comm,
@@ -215,7 +220,9 @@ mod tests {
             flags,
         };
         let clock = WallClock::fixed(1_700_000_000_000_000_000);
-        let v = serde_json::to_value(RequestRecord::from_span(&span, "srv", &clock)).unwrap();
+        let mut cache = super::super::SecondCache::default();
+        let v = serde_json::to_value(RequestRecord::from_span(&span, "srv", &clock, &mut cache))
+            .unwrap();
         assert_eq!(v["type"], "request");
         assert_eq!(v["v"], 1);
         assert_eq!(v["start"], "2023-11-14T22:13:21.000000000Z");

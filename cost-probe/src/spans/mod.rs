@@ -6,7 +6,10 @@ mod conn;
 pub mod http;
 pub mod scan;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+// Keys are our own ids and kernel values, not attacker-chosen: a fast non-DoS-resistant hash is fine.
+use rustc_hash::FxHashMap as HashMap;
 
 use self::conn::Conn;
 pub use self::scan::Usage;
