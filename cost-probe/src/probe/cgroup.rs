@@ -326,6 +326,24 @@ mod tests {
     }
 
     #[test]
+    fn paths_relative_to_our_own_cgroup_namespace() {
+        // A hostPID daemon set pod with a private cgroup namespace (the cgroup v2 default) sees
+        // other pods' paths relative to its own root, climbing out with `..`.
+        let uid = UID.replace('-', "_");
+        let line =
+            format!("0::/../../kubepods-besteffort-pod{uid}.slice/cri-containerd-{CID}.scope\n");
+        assert_eq!(
+            parse_str(&line),
+            info(
+                Some(UID),
+                Some(CID),
+                Some(Runtime::Containerd),
+                Some(QosClass::BestEffort)
+            )
+        );
+    }
+
+    #[test]
     fn static_pods_have_hash_uids() {
         // kubelet derives a static (mirror) pod's UID from an md5 of its manifest: 32 hex digits.
         let line = format!(
