@@ -237,7 +237,8 @@ impl Metrics {
             alerts: Family::default(),
             series_overflow: Family::default(),
             request_series: SeriesGuard::new(max_series),
-            domain_series: SeriesGuard::new(max_series),
+            // Each domain has three series (attributed, idle, other).
+            domain_series: SeriesGuard::new(max_series / 3),
             acc: HashMap::new(),
             catch_all,
             span_stats_seen: spans::Stats::default(),
