@@ -2,6 +2,7 @@
 //!
 //! Modules follow the data path: `probe` (kernel events) → `spans` (requests) → `energy`
 //! (samples) → `attribution` (joules per request) → `pricing` (dollars, CO2) → `output` (sinks).
+pub mod alerts;
 pub mod attribution;
 pub mod cli;
 pub mod energy;

@@ -1,4 +1,5 @@
 //! Sinks: NDJSON records (stdout or a file) and the wall clock they are stamped with.
+pub mod metrics;
 pub mod records;
 pub mod summary;
 

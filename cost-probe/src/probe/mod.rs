@@ -1,4 +1,5 @@
 //! Loading the eBPF program, attaching its tracepoints, and reading its ring buffer.
+pub mod cgroup;
 pub mod event;
 pub mod procscan;
 pub mod tracefs;
