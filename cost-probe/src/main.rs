@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run as a daemon: find targets by rules, trace them all, serve Prometheus metrics.
+    Agent(cli::agent::AgentArgs),
     /// Trace one server process (and its children) and write request records.
     Attach(cli::attach::AttachArgs),
     /// Start a sample streaming server and a small load, attach, and print the records.
@@ -33,6 +35,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Attach(a) => cli::attach::run(a).await,
+        Cmd::Agent(a) => cli::agent::run(a).await,
         Cmd::Doctor(a) => cli::doctor::run(&a),
         Cmd::Demo(a) => cli::demo::run(a).await,
         Cmd::DemoServer => cli::demo::serve().await,

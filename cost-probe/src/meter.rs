@@ -66,6 +66,12 @@ pub struct IntervalRecord {
     pub domains: Vec<DomainPart>,
     /// Sampler cost of this tick (µs).
     pub sampler_us: f64,
+    /// The ledger's per-domain records (for metrics).
+    #[serde(skip)]
+    pub raw: Vec<(String, crate::attribution::IntervalRecord)>,
+    /// Ticks the sampler dropped before this one.
+    #[serde(skip)]
+    pub dropped: u64,
 }
 
 /// Run totals for the summary.
@@ -234,6 +240,8 @@ impl Meter {
             active_requests: 0,
             domains: Vec::new(),
             sampler_us: self.snap.tick_cost.0 as f64 / 1e3,
+            raw: Vec::new(),
+            dropped: self.snap.dropped_before,
         };
         let mut earliest = self.snap.at;
         for r in &self.snap.readings {
@@ -282,6 +290,7 @@ impl Meter {
                 estimated: r.flags.estimated,
                 integrated: r.flags.integrated,
             });
+            rec.raw.push((d.id.clone(), ir));
         }
         rec.start = clock.rfc3339(earliest.0);
         self.scratch.clear();
@@ -340,6 +349,13 @@ impl Meter {
             cost,
             tags,
         }
+    }
+
+    /// Takes new prices and tag rules (SIGHUP). The ledger keeps its state and settings.
+    pub fn set_rules(&mut self, rules: &Rules) {
+        let gpu_model = self.sampler.gpus().next().and_then(|g| g.name.clone());
+        self.prices = Prices::from_rules(rules, gpu_model.as_deref());
+        self.tagger = rules.tagger();
     }
 
     /// The path normalizer of the rules (for bounded label sets).

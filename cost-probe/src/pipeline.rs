@@ -2,15 +2,18 @@
 //!
 //! Runs on one thread (the ring consumer) so the hot path has no locks or channels.
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{BTreeMap, HashMap, hash_map::Entry},
     io::{self, Write},
     net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use crate::{
+    alerts::{AlertEngine, Observation},
     meter::{Meter, Priced},
     output::{
         SecondCache, Sink, WallClock,
+        metrics::{Metrics, RequestObs},
         records::{LostRecord, RequestRecord},
         summary::{GroupKey, Sample, Summary},
     },
@@ -39,6 +42,12 @@ pub struct Pipeline {
     pub meter: Option<Meter>,
     priced: Vec<Priced>,
     seconds: SecondCache,
+    /// Prometheus series (agent mode).
+    pub metrics: Option<Arc<Mutex<Metrics>>>,
+    /// Budget and anomaly rules (agent mode).
+    pub alerts: Option<AlertEngine>,
+    /// Tags per traced process (target rule, pod, container); descendants inherit their root's.
+    pub process_tags: HashMap<u32, BTreeMap<String, String>>,
 }
 
 impl Pipeline {
@@ -61,6 +70,9 @@ impl Pipeline {
             meter: None,
             priced: Vec::new(),
             seconds: SecondCache::default(),
+            metrics: None,
+            alerts: None,
+            process_tags: HashMap::new(),
         }
     }
 
@@ -159,11 +171,22 @@ impl Pipeline {
         let Some(m) = self.meter.as_mut() else {
             return Ok(());
         };
-        if let Some(rec) = m.tick_if_due(crate::units::Nanos(now), &self.clock, &mut self.priced)
-            && !rec.domains.is_empty()
-        {
+        if let Some(rec) = m.tick_if_due(crate::units::Nanos(now), &self.clock, &mut self.priced) {
+            if let Some(metrics) = &self.metrics {
+                let mut mx = metrics.lock().unwrap_or_else(PoisonError::into_inner);
+                for (domain, ir) in &rec.raw {
+                    mx.observe_interval(domain, ir);
+                }
+                mx.sampler(
+                    std::time::Duration::from_secs_f64(rec.sampler_us / 1e6),
+                    rec.dropped,
+                );
+                mx.span_stats(&self.builder.stats);
+            }
             // (The first tick only sets each counter's baseline.)
-            self.sink.write(&rec)?;
+            if !rec.domains.is_empty() {
+                self.sink.write(&rec)?;
+            }
         }
         self.emit_priced()
     }
@@ -178,25 +201,83 @@ impl Pipeline {
     }
 
     fn emit_span(&mut self, span: &RequestSpan, priced: Option<&Priced>) -> io::Result<()> {
-        // The comm lives in self.comms while the sink writes.
+        let extra = (!self.process_tags.is_empty()).then(|| self.tags_for(span.conn.tgid));
         self.comm(span.conn.tgid);
-        let comm = self.comms.get(&span.conn.tgid).map_or("?", String::as_str);
+        // The record borrows the comm; move the table out while self is used mutably.
+        let comms = std::mem::take(&mut self.comms);
+        let comm = comms.get(&span.conn.tgid).map_or("?", String::as_str);
         let mut rec = RequestRecord::from_span(span, comm, &self.clock, &mut self.seconds);
         if let Some(p) = priced {
             rec = rec.priced(p);
         }
-        self.sink.write(&rec)?;
-        if span.flags.contains(Flags::PARTIAL) {
-            self.summary.totals.partial_requests += 1;
+        for (k, v) in extra.into_iter().flatten() {
+            rec.tags.entry(k).or_insert(v);
         }
-        self.summary.add(
-            GroupKey {
-                path: span.path.clone(),
-                model: span.model.clone(),
-                tags: rec.tags.clone(),
-            },
-            Sample {
-                latency_ms: rec.duration_ms,
+        let written = self
+            .sink
+            .write(&rec)
+            .and_then(|()| self.observe(span, &rec));
+        if written.is_ok() {
+            if span.flags.contains(Flags::PARTIAL) {
+                self.summary.totals.partial_requests += 1;
+            }
+            self.summary.add(
+                GroupKey {
+                    path: span.path.clone(),
+                    model: span.model.clone(),
+                    tags: rec.tags.clone(),
+                },
+                Sample {
+                    latency_ms: rec.duration_ms,
+                    energy_j: rec.energy_j.map(|e| e.total),
+                    cost_usd: rec.cost_usd.map(|c| c.total),
+                    tokens: span
+                        .usage
+                        .prompt
+                        .zip(span.usage.completion)
+                        .map(|(p, c)| p + c),
+                },
+            );
+        }
+        drop(rec);
+        self.comms = comms;
+        written
+    }
+
+    /// Tags of a traced process: its own, or those of the nearest ancestor that has some.
+    fn tags_for(&mut self, tgid: u32) -> BTreeMap<String, String> {
+        if let Some(t) = self.process_tags.get(&tgid) {
+            return t.clone();
+        }
+        let mut pid = tgid;
+        let mut found = BTreeMap::new();
+        for _ in 0..16 {
+            match procscan::ppid(pid) {
+                Some(p) if p > 1 => {
+                    if let Some(t) = self.process_tags.get(&p) {
+                        found.clone_from(t);
+                        break;
+                    }
+                    pid = p;
+                }
+                _ => break,
+            }
+        }
+        self.process_tags.insert(tgid, found.clone());
+        found
+    }
+
+    /// Metrics and alerts for one request record.
+    fn observe(&mut self, span: &RequestSpan, rec: &RequestRecord<'_>) -> io::Result<()> {
+        if let Some(metrics) = &self.metrics {
+            let mut mx = metrics.lock().unwrap_or_else(PoisonError::into_inner);
+            mx.observe_request(&RequestObs {
+                method: span.method.as_deref(),
+                path: span.path.as_deref(),
+                status: span.status,
+                model: span.model.as_deref(),
+                tags: &rec.tags,
+                duration_s: rec.duration_ms / 1e3,
                 energy_j: rec.energy_j.map(|e| e.total),
                 cost_usd: rec.cost_usd.map(|c| c.total),
                 tokens: span
@@ -204,8 +285,33 @@ impl Pipeline {
                     .prompt
                     .zip(span.usage.completion)
                     .map(|(p, c)| p + c),
-            },
-        );
+            });
+        }
+        let Some(engine) = self.alerts.as_mut() else {
+            return Ok(());
+        };
+        let fired = engine.observe(&Observation {
+            time: self.clock.system_time(span.end),
+            cost_usd: rec.cost_usd.map(|c| c.total),
+            energy_j: rec.energy_j.map(|e| e.total),
+            tags: &rec.tags,
+        });
+        for a in &fired {
+            log::warn!(
+                "alert {}: {} {:.6} over {:.6}",
+                a.rule,
+                a.kind.as_str(),
+                a.observed,
+                a.threshold
+            );
+            self.sink.write(a)?;
+            if let Some(metrics) = &self.metrics {
+                metrics
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .alert(a);
+            }
+        }
         Ok(())
     }
 
@@ -215,6 +321,12 @@ impl Pipeline {
             return Ok(());
         }
         self.summary.totals.lost_events += events;
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .lost(events);
+        }
         log::warn!("{events} events dropped in the kernel (ring buffer full)");
         self.sink
             .write(&LostRecord::new(self.clock.rfc3339(now), events))

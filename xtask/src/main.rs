@@ -182,7 +182,14 @@ fn setup(test_deps: bool) -> anyhow::Result<()> {
             .env("PATH", path))?;
     }
     if test_deps {
-        apt_install(&["nginx", "wrk", "bpftrace", "curl", "python3-venv"])?;
+        apt_install(&[
+            "nginx",
+            "wrk",
+            "bpftrace",
+            "curl",
+            "python3-venv",
+            "prometheus",
+        ])?;
         llama_venv()?;
     }
     Ok(())

@@ -118,7 +118,14 @@ pub fn trace(args: &AttachArgs, stop: &AtomicBool, ready: Option<&AtomicBool>) -
     pipe.meter = Some(meter);
     let start = monotonic_now().0;
     let targets = match add_targets(&mut probe, &mut pipe, pid) {
-        Ok(n) => n,
+        Ok(added) => {
+            if let Some(m) = pipe.meter.as_mut() {
+                for &t in &added {
+                    m.add_target(t);
+                }
+            }
+            added.len()
+        }
         Err(e) => return cannot_attach(&format!("cannot attach: {e}")),
     };
     eprintln!(
@@ -149,15 +156,21 @@ pub fn trace(args: &AttachArgs, stop: &AtomicBool, ready: Option<&AtomicBool>) -
     ExitCode::SUCCESS
 }
 
-/// Adds the target and its descendants, and the connections they already hold.
-fn add_targets(probe: &mut Probe, pipe: &mut Pipeline, pid: u32) -> Result<usize, ProbeError> {
+/// Adds the target and its descendants, the connections they already hold, and the syscalls
+/// their threads are blocked in. Returns the tgids added.
+pub fn add_targets(
+    probe: &mut Probe,
+    pipe: &mut Pipeline,
+    pid: u32,
+) -> Result<Vec<u32>, ProbeError> {
     // The fork tracepoint is live, so children forked after their parent is added are caught;
     // a second scan catches those forked while the first one ran.
-    let mut added = std::collections::HashSet::new();
+    let mut added = Vec::new();
     for _ in 0..2 {
         for t in procscan::descendants(pid) {
-            if added.insert(t) {
+            if !added.contains(&t) {
                 probe.add_target(t)?;
+                added.push(t);
             }
         }
     }
@@ -175,7 +188,33 @@ fn add_targets(probe: &mut Probe, pipe: &mut Pipeline, pid: u32) -> Result<usize
             }
         }
     }
-    Ok(added.len())
+    Ok(added)
+}
+
+/// One pass of the consumer: drain the ring (waiting up to 10 ms unless stopping), classify
+/// accepts the kernel could not, emit finished spans, and sample energy when due.
+pub fn drain_once(
+    probe: &mut Probe,
+    pipe: &mut Pipeline,
+    stopping: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    probe.poll(Duration::from_millis(if stopping { 0 } else { 10 }), |b| {
+        pipe.on_record(b);
+    })?;
+    for conn in pipe.take_unclassified() {
+        match procscan::classify(conn.tgid, conn.fd) {
+            FdKind::Tcp { local, peer } => pipe.builder.set_addrs(conn, local, peer),
+            FdKind::NotTcp => {
+                probe.forget_conn(conn);
+                pipe.builder.forget(conn);
+            }
+            // Closed already: its close event ends it.
+            FdKind::Gone => {}
+        }
+    }
+    pipe.emit()?;
+    pipe.tick(monotonic_now().0)?;
+    Ok(())
 }
 
 /// Drains the ring buffer until stopped, the target exits, or the reader goes away.
@@ -188,29 +227,14 @@ fn consume(
     let mut last_check = Instant::now();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        probe.poll(Duration::from_millis(if stopping { 0 } else { 10 }), |b| {
-            pipe.on_record(b);
-        })?;
-        for conn in pipe.take_unclassified() {
-            match procscan::classify(conn.tgid, conn.fd) {
-                FdKind::Tcp { local, peer } => pipe.builder.set_addrs(conn, local, peer),
-                FdKind::NotTcp => {
-                    probe.forget_conn(conn);
-                    pipe.builder.forget(conn);
-                }
-                // Closed already: its close event ends it.
-                FdKind::Gone => {}
-            }
-        }
-        pipe.emit()?;
-        pipe.tick(monotonic_now().0)?;
+        drain_once(probe, pipe, stopping)?;
         let root_exited = pipe.exited.contains(&pid);
-        if last_check.elapsed() >= Duration::from_secs(1) || stopping || root_exited {
+        let check = last_check.elapsed() >= Duration::from_secs(1);
+        if check || stopping || root_exited {
             last_check = Instant::now();
             pipe.lost(probe.take_lost()?, monotonic_now().0)?;
-            pipe.sink.flush()?;
         }
-        if root_exited || !procscan::alive(pid) && last_check.elapsed().is_zero() {
+        if root_exited || (check && !procscan::alive(pid)) {
             eprintln!("cost-probe: pid {pid} exited");
             return Ok(());
         }

@@ -1,4 +1,5 @@
 //! Subcommands, one file each.
+pub mod agent;
 pub mod attach;
 pub mod demo;
 pub mod doctor;

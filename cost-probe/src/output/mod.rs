@@ -94,7 +94,11 @@ pub struct Sink {
 fn open(path: Option<&Path>) -> io::Result<Box<dyn Write + Send>> {
     Ok(match path {
         None => Box::new(io::stdout()),
-        Some(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+        Some(p) => match p.to_str().and_then(|s| s.strip_prefix("unix:")) {
+            // A log shipper's listening socket (Vector `socket` source, Fluent Bit `unix`).
+            Some(sock) => Box::new(std::os::unix::net::UnixStream::connect(sock)?),
+            None => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+        },
     })
 }
 

@@ -47,6 +47,15 @@ pub fn comm(pid: u32) -> String {
         .map_or_else(|_| "?".to_owned(), |s| s.trim_end().to_owned())
 }
 
+/// The parent of a process, if it is alive.
+#[must_use]
+pub fn ppid(pid: u32) -> Option<u32> {
+    Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.ppid as u32)
+}
+
 /// Whether a process is still alive (and not a zombie).
 #[must_use]
 pub fn alive(pid: u32) -> bool {
