@@ -1,0 +1,356 @@
+//! `cost-probe agent`: discovery, re-attach after a restart, SIGHUP reload, Prometheus.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use cost_probe_tests::{Client, Proc, Records, Server, bin, free_port, require_kernel, workspace};
+use serde_json::Value;
+
+/// A running agent whose stderr lines arrive on a channel.
+struct Agent {
+    proc: Proc,
+    lines: mpsc::Receiver<(Instant, String)>,
+    out: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(rules: &Path, out: &Path, metrics: u16) -> Self {
+        let mut child = Command::new(bin())
+            .args(["agent", "--rules"])
+            .arg(rules)
+            .args([
+                "--metrics",
+                &format!("127.0.0.1:{metrics}"),
+                "--discover",
+                "200",
+                "--output",
+            ])
+            .arg(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[agent] {l}");
+                let _ = tx.send((Instant::now(), l));
+            }
+        });
+        let agent = Self {
+            proc: Proc { child },
+            lines,
+            out: out.to_path_buf(),
+        };
+        agent.wait_for("agent running", Duration::from_secs(30));
+        agent
+    }
+
+    /// Waits for a stderr line containing `needle`; returns when it was printed.
+    fn wait_for(&self, needle: &str, timeout: Duration) -> Instant {
+        self.wait_line(needle, timeout).0
+    }
+
+    /// Like `wait_for`, also returning the line.
+    fn wait_line(&self, needle: &str, timeout: Duration) -> (Instant, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((t, l)) if l.contains(needle) => return (t, l),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("agent did not print {needle:?} within {timeout:?}")
+                }
+            }
+        }
+    }
+
+    fn stop(mut self) -> Records {
+        thread::sleep(Duration::from_millis(300));
+        self.proc.signal(libc::SIGTERM);
+        let status = self.proc.child.wait().unwrap();
+        assert!(status.success(), "agent exited with {status} on SIGTERM");
+        let text = std::fs::read_to_string(&self.out).unwrap();
+        Records(
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+        )
+    }
+}
+
+fn write_rules(dir: &Path, port: u16) {
+    std::fs::write(
+        dir.join("10-targets.toml"),
+        format!("[[target]]\nname = \"sse\"\ncmdline = \"sse_server\\\\.py {port}\"\n"),
+    )
+    .unwrap();
+}
+
+fn python_on(port: u16) -> Server {
+    let mut cmd = Command::new("python3");
+    cmd.arg(workspace().join("tests/servers/sse_server.py"))
+        .arg(port.to_string());
+    Server::start(cmd, Duration::from_secs(10))
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn agent_reattaches_after_a_restart_and_loses_no_completed_request() {
+    require_kernel!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_rules(dir.path(), port);
+    let agent = Agent::start(dir.path(), &dir.path().join("out.ndjson"), free_port());
+    let first = python_on(port);
+    agent.wait_for("tracing pid", Duration::from_secs(5));
+    let mut c = Client::connect(port);
+    for _ in 0..5 {
+        assert_eq!(c.get("/stream?n=3&delay_ms=2").status, 200);
+    }
+    first.proc.signal(libc::SIGKILL);
+    drop(first);
+    let restarted = python_on(port);
+    let listening = Instant::now();
+    let attached = agent.wait_for(
+        &format!("tracing pid {}", restarted.proc.pid()),
+        Duration::from_secs(5),
+    );
+    let took = attached.saturating_duration_since(listening);
+    eprintln!("re-attached {took:?} after the restarted server listened");
+    assert!(took < Duration::from_secs(2), "re-attach took {took:?}");
+    let mut c = Client::connect(port);
+    for _ in 0..4 {
+        assert_eq!(c.get("/fixed?size=7").status, 200);
+    }
+    let records = agent.stop();
+    let spans = records.requests();
+    let paths: Vec<&str> = spans
+        .iter()
+        .map(|s| s["http"]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths.iter().filter(|p| **p == "/stream").count(),
+        5,
+        "before the kill"
+    );
+    assert_eq!(
+        paths.iter().filter(|p| **p == "/fixed").count(),
+        4,
+        "after the restart"
+    );
+    assert!(spans.iter().all(|s| s["tags"]["target"] == "sse"));
+    assert!(
+        spans
+            .iter()
+            .all(|s| !s["flags"].as_array().unwrap().contains(&"partial".into()))
+    );
+}
+
+#[test]
+fn broken_rules_on_reload_name_the_line_and_records_continue() {
+    require_kernel!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_rules(dir.path(), port);
+    let server = python_on(port);
+    let agent = Agent::start(dir.path(), &dir.path().join("out.ndjson"), free_port());
+    agent.wait_for("tracing pid", Duration::from_secs(5));
+    assert_eq!(Client::connect(port).get("/fixed?size=1").status, 200);
+    std::fs::write(dir.path().join("20-bad.toml"), "[energy]\npue = 0.5\n").unwrap();
+    agent.proc.signal(libc::SIGHUP);
+    let (_, line) = agent.wait_line("20-bad.toml:2:7", Duration::from_secs(5));
+    assert!(line.contains("pue must be between 1.0 and 5.0"), "{line}");
+    assert!(line.contains("keeping the previous rules"), "{line}");
+    assert_eq!(Client::connect(port).get("/fixed?size=2").status, 200);
+    let records = agent.stop();
+    assert_eq!(
+        records.requests().len(),
+        2,
+        "records continue after a failed reload"
+    );
+    drop(server);
+}
+
+#[test]
+fn prometheus_scrapes_the_agent() {
+    require_kernel!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_rules(dir.path(), port);
+    let server = python_on(port);
+    let metrics = free_port();
+    let agent = Agent::start(dir.path(), &dir.path().join("out.ndjson"), metrics);
+    agent.wait_for("tracing pid", Duration::from_secs(5));
+    let mut c = Client::connect(port);
+    for _ in 0..7 {
+        assert_eq!(c.get("/stream?n=2&delay_ms=1").status, 200);
+    }
+    // Let the held requests be priced (one energy interval) before scraping.
+    thread::sleep(Duration::from_millis(400));
+
+    // The exposition passes promtool.
+    let exposition = http_get(metrics, "/metrics");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup --test-deps installs prometheus)");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Prometheus server scrapes it; its HTTP API must return our series.
+    let prom_port = free_port();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: cost-probe\n    static_configs: [{{targets: ['127.0.0.1:{metrics}']}}]\n"
+        ),
+    )
+    .unwrap();
+    let prom = Proc {
+        child: Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let value = loop {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never returned the series"
+        );
+        thread::sleep(Duration::from_millis(500));
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", prom_port)) else {
+            continue;
+        };
+        let q = "sum(cost_probe_requests_total{endpoint=\"/stream\"})";
+        let enc: String = q
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        write!(
+            s,
+            "GET /api/v1/query?query={enc} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let Some((_, body)) = resp.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(body) else {
+            continue;
+        };
+        if let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first()) {
+            break r["value"][1].as_str().unwrap().parse::<f64>().unwrap();
+        }
+    };
+    assert_eq!(value, 7.0, "Prometheus sees the 7 requests");
+    drop(prom);
+    let records = agent.stop();
+    assert_eq!(records.requests().len(), 7);
+    drop(server);
+}
+
+#[test]
+fn budget_alert_fires_once_per_threshold() {
+    require_kernel!();
+    let dir = tempfile::tempdir().unwrap();
+    // The demo server burns CPU per token, so its requests have a cost; a budget so small that
+    // the scripted requests cross its thresholds.
+    std::fs::write(
+        dir.path().join("10-targets.toml"),
+        "[[target]]\nname = \"demo\"\ncmdline = \"cost-probe demo-server\"\n\n\
+         [[budget]]\nname = \"tiny\"\nperiod = \"day\"\namount_usd = 0.0000002\nalert_at = [0.5, 1.0, 2.0]\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("demo-server");
+    let server = Server::start(cmd, Duration::from_secs(10));
+    let agent = Agent::start(dir.path(), &dir.path().join("out.ndjson"), free_port());
+    agent.wait_for("tracing pid", Duration::from_secs(5));
+    let mut c = Client::connect(server.port);
+    for i in 0..20 {
+        let body = format!(
+            r#"{{"model":"demo-large","max_tokens":{},"stream":true}}"#,
+            10 + i
+        );
+        assert_eq!(c.post_json("/v1/chat/completions", &body).status, 200);
+    }
+    let records = agent.stop();
+    let spent: f64 = records
+        .requests()
+        .iter()
+        .map(|r| r["cost_usd"]["total"].as_f64().unwrap())
+        .sum();
+    let alerts = records.of_type("alert");
+    let thresholds: Vec<f64> = alerts
+        .iter()
+        .map(|a| a["threshold"].as_f64().unwrap())
+        .collect();
+    eprintln!("spent ${spent:.9} against a $0.0000002 budget; alerts at {thresholds:?}");
+    let crossed: Vec<f64> = [0.5, 1.0, 2.0]
+        .into_iter()
+        .filter(|f| spent >= f * 2e-7)
+        .collect();
+    assert!(
+        !crossed.is_empty(),
+        "the scripted spend must cross a threshold"
+    );
+    assert_eq!(
+        thresholds, crossed,
+        "each crossed threshold fires exactly once"
+    );
+    for a in &alerts {
+        assert_eq!(a["rule"], "tiny");
+        assert_eq!(a["kind"], "budget");
+    }
+}
