@@ -203,7 +203,7 @@ fn daemon(
         }
         if last_flush.elapsed() >= Duration::from_secs(1) || stopping {
             last_flush = Instant::now();
-            let lost = probe.take_lost().map_err(|e| e.into());
+            let lost = probe.take_lost().map_err(Into::into);
             if let Err(e) = lost.and_then(|n| pipe.lost(n, monotonic_now().0).map_err(Into::into)) {
                 break Err(e);
             }

@@ -65,7 +65,7 @@ impl WallClock {
             let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs());
             // "YYYY-MM-DDTHH:MM:SSZ" → keep up to the seconds.
             let s = humantime::format_rfc3339_seconds(whole).to_string();
-            cache.prefix = s.trim_end_matches('Z').to_owned();
+            s.trim_end_matches('Z').clone_into(&mut cache.prefix);
             cache.secs = Some(d.as_secs());
         }
         let mut out = String::with_capacity(cache.prefix.len() + 11);
