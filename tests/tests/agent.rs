@@ -192,6 +192,32 @@ fn broken_rules_on_reload_name_the_line_and_records_continue() {
     drop(server);
 }
 
+/// The first value of an instant query against Prometheus' HTTP API.
+fn prometheus_query(port: u16, q: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let enc: String = q
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    write!(
+        s,
+        "GET /api/v1/query?query={enc} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (_, body) = resp.split_once("\r\n\r\n")?;
+    let v: Value = serde_json::from_str(body).ok()?;
+    let first = v["data"]["result"].as_array()?.first()?.clone();
+    first["value"][1].as_str()?.parse().ok()
+}
+
 #[test]
 fn prometheus_scrapes_the_agent() {
     require_kernel!();
@@ -256,41 +282,15 @@ fn prometheus_scrapes_the_agent() {
             .expect("prometheus"),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
+    let query = "sum(cost_probe_requests_total{endpoint=\"/stream\"})";
     let value = loop {
         assert!(
             Instant::now() < deadline,
             "Prometheus never returned the series"
         );
         thread::sleep(Duration::from_millis(500));
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", prom_port)) else {
-            continue;
-        };
-        let q = "sum(cost_probe_requests_total{endpoint=\"/stream\"})";
-        let enc: String = q
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        write!(
-            s,
-            "GET /api/v1/query?query={enc} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp);
-        let Some((_, body)) = resp.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<Value>(body) else {
-            continue;
-        };
-        if let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first()) {
-            break r["value"][1].as_str().unwrap().parse::<f64>().unwrap();
+        if let Some(v) = prometheus_query(prom_port, query) {
+            break v;
         }
     };
     assert_eq!(
