@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use cost_probe_tests::{Attach, Nginx, Proc};
+use cost_probe_tests::{Attach, Client, Nginx, Proc};
 
 /// Syscall tracepoints cost-probe attaches (the bpftrace floor uses the same set).
 const TRACEPOINTS: &[&str] = &[
@@ -38,6 +38,7 @@ const TRACEPOINTS: &[&str] = &[
 pub fn run(which: &str, secs: u64, rounds: u32) -> anyhow::Result<()> {
     match which {
         "overhead" => overhead(secs, rounds),
+        "soak" => soak(secs),
         "micro" => crate::run(
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
                 "bench",
@@ -45,7 +46,7 @@ pub fn run(which: &str, secs: u64, rounds: u32) -> anyhow::Result<()> {
                 "cost-probe",
             ]),
         ),
-        other => bail!("unknown benchmark {other:?} (overhead, micro)"),
+        other => bail!("unknown benchmark {other:?} (overhead, soak, micro)"),
     }
 }
 
@@ -180,5 +181,120 @@ fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
     println!("{report}");
     std::fs::create_dir_all("target/bench")?;
     std::fs::write("target/bench/overhead.txt", &report)?;
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `cargo xtask bench soak --secs N`: the agent under steady load (loopback only, bounded in
+/// time): nginx with 2 workers, 4 clients at a fixed pace on keep-alive connections that are
+/// replaced every 200 requests, mixed paths and statuses. Reports agent RSS over time and its CPU
+/// per request; the agent's tables are capped, so RSS must level off.
+fn soak(secs: u64) -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    let secs = secs.max(60);
+    crate::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "-p", "cost-probe"]),
+    )?;
+    let nginx = Nginx::start(2, &[("a", b"alpha"), ("b", &[b'b'; 4096])]);
+    let dir = tempfile::tempdir()?;
+    let conf = nginx.dir.path().display().to_string();
+    std::fs::write(
+        dir.path().join("10-soak.toml"),
+        format!("[[target]]\nname = \"soak\"\ncomm = \"nginx\"\ncmdline = \"{conf}\"\n"),
+    )?;
+    let out = std::path::Path::new("target/bench/soak.ndjson");
+    std::fs::create_dir_all("target/bench")?;
+    let _ = std::fs::remove_file(out);
+    let metrics = cost_probe_tests::free_port();
+    let agent = Proc {
+        child: Command::new("target/release/cost-probe")
+            .args(["agent", "--rules"])
+            .arg(dir.path())
+            .args(["--metrics", &format!("127.0.0.1:{metrics}"), "--output"])
+            .arg(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning the agent")?,
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, sent, port) = (stop.clone(), sent.clone(), nginx.port);
+            std::thread::spawn(move || {
+                let paths = ["/a", "/b", "/missing", "/a?x=1"];
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut client = Client::connect(port);
+                    for _ in 0..200 {
+                        let _ = client.get(paths[((i + c) % 4) as usize]);
+                        i += 1;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        // ~500 requests/s per client: steady, not saturating.
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            })
+        })
+        .collect();
+    let pid = agent.pid();
+    let started = std::time::Instant::now();
+    let (cpu0, mut samples) = (cpu_ns(pid), Vec::new());
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(10));
+        let line = format!(
+            "t={:>4}s requests={:>8} agent_rss={} KiB",
+            started.elapsed().as_secs(),
+            sent.load(Ordering::Relaxed),
+            rss_kib(pid)
+        );
+        eprintln!("{line}");
+        samples.push((started.elapsed().as_secs(), rss_kib(pid)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    let requests = sent.load(Ordering::Relaxed);
+    let cpu = cpu_ns(pid) - cpu0;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    drop(agent);
+    let recorded = std::fs::read_to_string(out)?
+        .lines()
+        .filter(|l| l.contains("\"type\":\"request\""))
+        .count();
+    let after_warmup = samples.iter().find(|(t, _)| *t >= 60).map_or(0, |s| s.1);
+    let last = samples.last().map_or(0, |s| s.1);
+    let mut report = String::new();
+    let _ = writeln!(report, "soak: {secs} s, {requests} requests sent, {recorded} request records");
+    let _ = writeln!(
+        report,
+        "agent CPU: {:.2} µs per request; RSS {} KiB at 60 s, {} KiB at the end ({:+} KiB)",
+        cpu as f64 / requests.max(1) as f64 / 1e3,
+        after_warmup,
+        last,
+        last as i64 - after_warmup as i64
+    );
+    for (t, rss) in &samples {
+        let _ = writeln!(report, "  t={t:>4}s rss={rss} KiB");
+    }
+    println!("{report}");
+    std::fs::write("target/bench/soak.txt", &report)?;
     Ok(())
 }
