@@ -141,6 +141,15 @@ fn header(pid_tgid: u64, fd: i32, conn_id: u64, kind: EventKind, nr: u32) -> Eve
 // the head and tail of what was actually transferred (`ret` bytes).
 // ---------------------------------------------------------------------------------------------
 
+/// `__syscall_nr` and the first argument in one context read (userspace checked at load that
+/// the first argument directly follows the 8-byte slot of the syscall number).
+#[inline(always)]
+fn nr_and_arg0(ctx: &TracePointContext) -> Result<(u32, u64), u32> {
+    // SAFETY: offsets from the format file; read_at is a bounds-checked probe read.
+    let v = unsafe { ctx.read_at::<[u64; 2]>(offsets().enter_nr as usize) }.map_err(|_| 1u32)?;
+    Ok((v[0] as u32, v[1]))
+}
+
 #[inline(always)]
 fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -148,7 +157,8 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32,
     if !is_target(tgid) {
         return Ok(0);
     }
-    let fd = arg(ctx, 0)? as i32;
+    let (nr, arg0) = nr_and_arg0(ctx)?;
+    let fd = arg0 as i32;
     let key = ConnKey {
         tgid,
         fd: fd as u32,
@@ -159,7 +169,13 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32,
     };
     let (buf, iovcnt) = match shape {
         SHAPE_NONE => (0, 0),
-        _ => (arg(ctx, 1)?, arg(ctx, 2)?),
+        _ => {
+            // Both in one context read: every helper call counts on this path.
+            // SAFETY: as in nr_and_arg0.
+            let a = unsafe { ctx.read_at::<[u64; 2]>(offsets().enter_args as usize + 8) }
+                .map_err(|_| 1u32)?;
+            (a[0], a[1])
+        }
     };
     let pending = Pending {
         conn_id,
@@ -168,7 +184,7 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32,
         fd,
         shape,
         kind: kind as u16,
-        nr: syscall_nr(ctx),
+        nr,
         pad: 0,
     };
     save_pending(pid_tgid, &pending)?;

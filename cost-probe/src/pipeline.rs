@@ -15,7 +15,7 @@ use crate::{
         SecondCache, Sink, WallClock,
         metrics::{Metrics, RequestObs},
         records::{LostRecord, RequestRecord},
-        summary::{GroupKey, Sample, Summary},
+        summary::{Sample, Summary},
     },
     probe::{ConnId, Event, OwnedEvent, event::DecodeError, procscan},
     spans::{Flags, Limits, RequestSpan, SpanBuilder, SpanEvent},
@@ -221,12 +221,15 @@ impl Pipeline {
             if span.flags.contains(Flags::PARTIAL) {
                 self.summary.totals.partial_requests += 1;
             }
-            self.summary.add(
-                GroupKey {
-                    path: span.path.clone(),
-                    model: span.model.clone(),
-                    tags: rec.tags.clone(),
-                },
+            // Summary groups use the normalized path (bounded: never one group per user id).
+            let path = match (&span.path, &self.meter) {
+                (Some(p), Some(m)) => Some(m.tagger().normalizer().normalize(p)),
+                (p, _) => p.clone(),
+            };
+            self.summary.add_with(
+                path.as_deref(),
+                span.model.as_deref(),
+                &rec.tags,
                 Sample {
                     latency_ms: rec.duration_ms,
                     energy_j: rec.energy_j.map(|e| e.total),

@@ -184,6 +184,33 @@ fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 4 clients at ~500 requests/s each on keep-alive connections replaced every 200 requests.
+fn soak_clients(
+    port: u16,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    (0..4)
+        .map(|c| {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let paths = ["/a", "/b", "/missing", "/a?x=1"];
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut client = Client::connect(port);
+                    for _ in 0..200 {
+                        let _ = client.get(paths[((i + c) % 4) as usize]);
+                        i += 1;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -206,8 +233,12 @@ fn soak(secs: u64) -> anyhow::Result<()> {
     };
     let secs = secs.max(60);
     crate::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "cost-probe"]),
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "build",
+            "--release",
+            "-p",
+            "cost-probe",
+        ]),
     )?;
     let nginx = Nginx::start(2, &[("a", b"alpha"), ("b", &[b'b'; 4096])]);
     let dir = tempfile::tempdir()?;
@@ -233,25 +264,7 @@ fn soak(secs: u64) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|c| {
-            let (stop, sent, port) = (stop.clone(), sent.clone(), nginx.port);
-            std::thread::spawn(move || {
-                let paths = ["/a", "/b", "/missing", "/a?x=1"];
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let mut client = Client::connect(port);
-                    for _ in 0..200 {
-                        let _ = client.get(paths[((i + c) % 4) as usize]);
-                        i += 1;
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        // ~500 requests/s per client: steady, not saturating.
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-            })
-        })
-        .collect();
+    let clients = soak_clients(nginx.port, &stop, &sent);
     let pid = agent.pid();
     let started = std::time::Instant::now();
     let (cpu0, mut samples) = (cpu_ns(pid), Vec::new());
@@ -282,7 +295,10 @@ fn soak(secs: u64) -> anyhow::Result<()> {
     let after_warmup = samples.iter().find(|(t, _)| *t >= 60).map_or(0, |s| s.1);
     let last = samples.last().map_or(0, |s| s.1);
     let mut report = String::new();
-    let _ = writeln!(report, "soak: {secs} s, {requests} requests sent, {recorded} request records");
+    let _ = writeln!(
+        report,
+        "soak: {secs} s, {requests} requests sent, {recorded} request records"
+    );
     let _ = writeln!(
         report,
         "agent CPU: {:.2} µs per request; RSS {} KiB at 60 s, {} KiB at the end ({:+} KiB)",

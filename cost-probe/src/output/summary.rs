@@ -1,7 +1,11 @@
 //! The `summary` record: per group, HDR percentiles of latency, energy and cost, and totals.
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{Hash, Hasher},
+};
 
 use hdrhistogram::Histogram;
+use rustc_hash::FxHasher;
 use serde::Serialize;
 
 use super::records::{Kind, VERSION};
@@ -104,15 +108,37 @@ pub struct Totals {
     pub usd_per_1k_tokens: Option<f64>,
     pub lost_events: u64,
     pub partial_requests: u64,
+    /// Requests counted in the `(other)` group because there were too many groups.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub folded_groups: u64,
 }
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Groups kept before new ones fold into one `(other)` group.
+pub const MAX_GROUPS: usize = 10_000;
 
 /// Accumulates the summary over a run.
 #[derive(Debug, Default)]
 pub struct Summary {
-    groups: BTreeMap<GroupKey, Group>,
+    /// Keyed by a hash of the borrowed key, so a known group costs no allocation per request.
+    groups: HashMap<u64, Vec<(GroupKey, Group)>>,
+    count: usize,
     pub totals: Totals,
     tokens: u64,
     token_cost: f64,
+}
+
+fn key_hash(path: Option<&str>, model: Option<&str>, tags: &BTreeMap<String, String>) -> u64 {
+    let mut h = FxHasher::default();
+    (path, model, tags).hash(&mut h);
+    h.finish()
 }
 
 #[derive(Serialize, Debug)]
@@ -142,14 +168,62 @@ pub struct SummaryRecord<'a> {
 }
 
 impl Summary {
-    pub fn add(&mut self, key: GroupKey, s: Sample) {
-        let g = self.groups.entry(key).or_insert_with(|| Group {
-            count: 0,
-            latency_ms: Dist::new(1e3),
-            energy_j: None,
-            cost_usd: None,
-            tokens: 0,
-        });
+    pub fn add(&mut self, key: &GroupKey, s: Sample) {
+        self.add_with(key.path.as_deref(), key.model.as_deref(), &key.tags, s);
+    }
+
+    /// Like [`Self::add`], allocating the group key only for a group not seen before (this is
+    /// on the per-request path). Past [`MAX_GROUPS`] groups, new ones fold into `(other)`.
+    pub fn add_with(
+        &mut self,
+        path: Option<&str>,
+        model: Option<&str>,
+        tags: &BTreeMap<String, String>,
+        s: Sample,
+    ) {
+        let empty = BTreeMap::new();
+        let mut hash = key_hash(path, model, tags);
+        let mut key = (path, model, tags);
+        let known =
+            |groups: &HashMap<u64, Vec<(GroupKey, Group)>>,
+             h,
+             (p, m, t): (Option<&str>, Option<&str>, &BTreeMap<String, String>)| {
+                groups.get(&h).is_some_and(|v| {
+                    v.iter().any(|(k, _)| {
+                        k.path.as_deref() == p && k.model.as_deref() == m && &k.tags == t
+                    })
+                })
+            };
+        if !known(&self.groups, hash, key) && self.count >= MAX_GROUPS {
+            self.totals.folded_groups += 1;
+            key = (Some("(other)"), None, &empty);
+            hash = key_hash(key.0, key.1, key.2);
+        }
+        let bucket = self.groups.entry(hash).or_default();
+        let idx = match bucket.iter().position(|(k, _)| {
+            k.path.as_deref() == key.0 && k.model.as_deref() == key.1 && &k.tags == key.2
+        }) {
+            Some(i) => i,
+            None => {
+                self.count += 1;
+                bucket.push((
+                    GroupKey {
+                        path: key.0.map(str::to_owned),
+                        model: key.1.map(str::to_owned),
+                        tags: key.2.clone(),
+                    },
+                    Group {
+                        count: 0,
+                        latency_ms: Dist::new(1e3),
+                        energy_j: None,
+                        cost_usd: None,
+                        tokens: 0,
+                    },
+                ));
+                bucket.len() - 1
+            }
+        };
+        let g = &mut bucket[idx].1;
         g.count += 1;
         g.latency_ms.record(s.latency_ms);
         if let Some(e) = s.energy_j {
@@ -178,20 +252,28 @@ impl Summary {
             kind: Kind::Summary,
             start,
             end,
-            groups: self
-                .groups
-                .iter()
-                .map(|(key, g)| GroupOut {
-                    key,
-                    count: g.count,
-                    latency_ms: g.latency_ms.percentiles(),
-                    energy_j: g.energy_j.as_ref().map(Dist::percentiles),
-                    cost_usd: g.cost_usd.as_ref().map(Dist::percentiles),
-                    usd_per_1k_tokens: (g.tokens > 0).then(|| {
-                        g.cost_usd.as_ref().map_or(0.0, |c| c.total) / g.tokens as f64 * 1000.0
-                    }),
-                })
-                .collect(),
+            groups: {
+                let mut all: Vec<(&GroupKey, &Group)> = self
+                    .groups
+                    .values()
+                    .flatten()
+                    .map(|(k, g)| (k, g))
+                    .collect();
+                all.sort_by(|a, b| a.0.cmp(b.0));
+                all
+            }
+            .into_iter()
+            .map(|(key, g)| GroupOut {
+                key,
+                count: g.count,
+                latency_ms: g.latency_ms.percentiles(),
+                energy_j: g.energy_j.as_ref().map(Dist::percentiles),
+                cost_usd: g.cost_usd.as_ref().map(Dist::percentiles),
+                usd_per_1k_tokens: (g.tokens > 0).then(|| {
+                    g.cost_usd.as_ref().map_or(0.0, |c| c.total) / g.tokens as f64 * 1000.0
+                }),
+            })
+            .collect(),
             totals,
         }
     }
@@ -211,7 +293,7 @@ mod tests {
         };
         for i in 1..=100 {
             s.add(
-                key("/a"),
+                &key("/a"),
                 Sample {
                     latency_ms: f64::from(i),
                     ..Sample::default()
@@ -219,7 +301,7 @@ mod tests {
             );
         }
         s.add(
-            key("/b"),
+            &key("/b"),
             Sample {
                 latency_ms: 5.0,
                 ..Sample::default()
@@ -241,5 +323,27 @@ mod tests {
         close(&a["latency_ms"]["max"], 100.0);
         assert_eq!(a["latency_ms"]["total"], 5050.0);
         assert!(a.get("energy_j").is_none());
+    }
+
+    #[test]
+    fn groups_are_capped_and_overflow_is_counted() {
+        let mut s = Summary::default();
+        let tags = BTreeMap::new();
+        for i in 0..MAX_GROUPS + 5 {
+            let p = format!("/u/{i}");
+            s.add_with(Some(&p), None, &tags, Sample::default());
+        }
+        // A known group still counts into itself after the cap.
+        s.add_with(Some("/u/3"), None, &tags, Sample::default());
+        assert_eq!(s.totals.folded_groups, 5);
+        let v = serde_json::to_value(s.record("a".into(), "b".into())).unwrap();
+        let groups = v["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), MAX_GROUPS + 1);
+        let other = groups.iter().find(|g| g["path"] == "(other)").unwrap();
+        assert_eq!(other["count"], 5);
+        assert_eq!(
+            groups.iter().find(|g| g["path"] == "/u/3").unwrap()["count"],
+            2
+        );
     }
 }

@@ -125,6 +125,13 @@ pub fn offsets(root: &Path, enter: &[&str], exit: &[&str]) -> Result<TpOffsets, 
     let read = read_fields(root, "syscalls", "sys_enter_read")?;
     let enter_nr = offset_of(&read, "__syscall_nr", "syscalls/sys_enter_read")?;
     let enter_args = offset_of(&read, "fd", "syscalls/sys_enter_read")?;
+    if enter_args != enter_nr + 8 {
+        // The kernel side reads the number and the first argument in one 16-byte read.
+        return Err(ProbeError::Format {
+            path: PathBuf::from("syscalls/sys_enter_read"),
+            why: format!("first argument at {enter_args}, expected __syscall_nr ({enter_nr}) + 8"),
+        });
+    }
     let exit_ret = offset_of(
         &read_fields(root, "syscalls", "sys_exit_read")?,
         "ret",
