@@ -64,6 +64,7 @@ fn stream(seconds: u64, concurrency: u64, max_ms: u64) -> (Vec<Event>, u64) {
                     target_share: Share::new(7 + rand(3), 10),
                     estimated: false,
                     integrated: false,
+                    unmeasured: false,
                     devices,
                 }),
             ));

@@ -79,6 +79,7 @@ fn run(events: &[OwnedEvent]) -> usize {
                     target_share: Share::new(3, 4),
                     estimated: false,
                     integrated: false,
+                    unmeasured: false,
                     devices: 1,
                 });
             }

@@ -89,6 +89,9 @@ pub struct Meter {
     last_tick: Nanos,
     /// Previous reading time per domain (interval starts).
     last_at: Vec<Option<Nanos>>,
+    /// Per domain: read this tick; and gone silent (warned once).
+    read_now: Vec<bool>,
+    silent: Vec<bool>,
     prev_cpu: Option<CpuSample>,
     ledger: Ledger,
     pub prices: Prices,
@@ -159,6 +162,8 @@ impl Meter {
             interval: Nanos(interval.as_nanos() as u64),
             last_tick: Nanos(0),
             last_at: vec![None; n],
+            read_now: vec![false; n],
+            silent: vec![false; n],
             prev_cpu: None,
             ledger,
             held: HashMap::default(),
@@ -244,9 +249,14 @@ impl Meter {
             dropped: self.snap.dropped_before,
         };
         let mut earliest = self.snap.at;
+        self.read_now.fill(false);
         for r in &self.snap.readings {
             let idx = usize::from(r.domain.0);
             let d = &self.snap.domains[idx];
+            self.read_now[idx] = true;
+            if std::mem::take(&mut self.silent[idx]) {
+                log::warn!("energy domain {} reports again", d.id);
+            }
             let prev = self.last_at[idx].replace(r.at);
             let (Some(class), Some(start)) = (class_of(d.class), prev) else {
                 continue;
@@ -264,6 +274,7 @@ impl Meter {
                 target_share: share,
                 estimated: r.flags.estimated,
                 integrated: r.flags.integrated,
+                unmeasured: false,
                 devices: match class {
                     DomainClass::Gpu => 1,
                     _ => self.snap.cpu.map_or(1, |c| c.host.cpus.max(1)),
@@ -292,6 +303,7 @@ impl Meter {
             });
             rec.raw.push((d.id.clone(), ir));
         }
+        self.close_silent_domains();
         rec.start = clock.rfc3339(earliest.0);
         self.scratch.clear();
         if all {
@@ -307,6 +319,46 @@ impl Meter {
         }
         self.scratch = ready;
         rec
+    }
+
+    /// A domain that stopped reporting (a GPU lost, a counter gone) would hold every request
+    /// back forever, since a request is released only once every domain has covered its end.
+    /// After three silent intervals its gap is closed with an unmeasured interval: no energy,
+    /// the requests in it flagged `partial_energy`.
+    fn close_silent_domains(&mut self) {
+        let now = self.snap.at;
+        for idx in 0..self.last_at.len() {
+            let Some(prev) = self.last_at[idx] else {
+                continue;
+            };
+            if self.read_now[idx] || now.0.saturating_sub(prev.0) < 3 * self.interval.0 {
+                continue;
+            }
+            let d = &self.snap.domains[idx];
+            let Some(class) = class_of(d.class) else {
+                continue;
+            };
+            if !self.silent[idx] {
+                log::warn!(
+                    "energy domain {} stopped reporting: its energy is not counted until it returns",
+                    d.id
+                );
+                self.silent[idx] = true;
+            }
+            self.ledger.interval(&DomainInterval {
+                domain: DomainId(idx as u32),
+                class,
+                start: prev,
+                end: now,
+                measured: MicroJoules(0),
+                target_share: Share::new(0, 1),
+                estimated: false,
+                integrated: false,
+                unmeasured: true,
+                devices: 1,
+            });
+            self.last_at[idx] = Some(now);
+        }
     }
 
     /// Target CPU time ÷ host busy time since the previous tick.
@@ -379,5 +431,139 @@ fn gpu_share(snap: &Snapshot, domain: crate::energy::DomainIdx) -> Share {
         // Unknown: per-process samples unavailable; the target is assumed to own the GPU.
         TargetShare::All | TargetShare::Unknown => Share::new(1, 1),
         TargetShare::Fraction { target, total } => Share::new(target, total.max(1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use super::*;
+    use crate::{
+        energy::{Domain, DomainIdx, EnergySource, Reading, ReadingFlags, SourceKind, TickCtx},
+        probe::ConnId,
+        spans::{Flags, Protocol, Usage},
+    };
+
+    /// A GPU-like domain drawing 100 W until `lost` is set, then silent (like NVML `GpuLost`).
+    struct Flaky {
+        domains: Vec<Domain>,
+        lost: Arc<AtomicBool>,
+        total: u64,
+        last: Option<Nanos>,
+    }
+
+    impl EnergySource for Flaky {
+        fn kind(&self) -> SourceKind {
+            SourceKind::Nvml
+        }
+        fn domains(&self) -> &[Domain] {
+            &self.domains
+        }
+        fn sample(&mut self, ctx: &TickCtx<'_>, out: &mut Vec<Reading>) {
+            if self.lost.load(Ordering::Relaxed) {
+                return;
+            }
+            let delta = self.last.map_or(0, |l| (ctx.now.0 - l.0) / 10_000); // 100 W in µJ/ns
+            self.last = Some(ctx.now);
+            self.total += delta;
+            out.push(Reading {
+                domain: DomainIdx(0),
+                at: ctx.now,
+                total: MicroJoules(self.total),
+                delta: MicroJoules(delta),
+                flags: ReadingFlags::default(),
+            });
+        }
+    }
+
+    fn span(id: u64, start: u64, end: u64) -> RequestSpan {
+        RequestSpan {
+            id,
+            conn: ConnId {
+                tgid: 1,
+                fd: 3,
+                id: 1,
+            },
+            local: None,
+            peer: None,
+            protocol: Protocol::Http1,
+            method: Some("GET".into()),
+            path: Some("/".into()),
+            status: Some(200),
+            start,
+            end,
+            first_byte: None,
+            first_chunk: None,
+            chunks: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            model: None,
+            usage: Usage::default(),
+            flags: Flags::default(),
+        }
+    }
+
+    /// Regression: a domain that went silent held every later request back forever.
+    #[test]
+    fn a_domain_that_goes_silent_does_not_hold_requests_back() {
+        let lost = Arc::new(AtomicBool::new(false));
+        let sampler = SamplerBuilder::new(Roots {
+            proc: "/nonexistent".into(),
+            powercap: "/nonexistent".into(),
+            event_source: "/nonexistent".into(),
+            nvml_lib: None,
+        })
+        .without_nvml()
+        .config(SamplerConfig {
+            liveness_window: Duration::ZERO,
+            ..SamplerConfig::default()
+        })
+        .source(Box::new(Flaky {
+            domains: vec![Domain {
+                id: "gpu:0".into(),
+                class: EnergyClass::Gpu,
+                source: SourceKind::Nvml,
+                label: "test GPU".into(),
+                flags: ReadingFlags::default(),
+                note: None,
+            }],
+            lost: lost.clone(),
+            total: 0,
+            last: None,
+        }))
+        .build();
+        let rules = Rules::builtin().unwrap();
+        let interval = Duration::from_millis(5);
+        let mut m = Meter::with_sampler(&rules, interval, sampler);
+        let clock = WallClock::fixed(0);
+        let mut out = Vec::new();
+        let t0 = crate::units::monotonic_now().0;
+        m.tick(&clock, &mut out, false); // baseline
+        m.started(1, t0);
+        std::thread::sleep(Duration::from_millis(6));
+        m.tick(&clock, &mut out, false);
+        lost.store(true, Ordering::Relaxed);
+        let end = crate::units::monotonic_now().0;
+        m.finished(span(1, t0, end));
+        // Silent for more than three intervals: the gap is closed and the request released.
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(6));
+            m.tick(&clock, &mut out, false);
+        }
+        assert_eq!(
+            out.len(),
+            1,
+            "the request is released without waiting for shutdown"
+        );
+        assert!(out[0].energy.flags.partial_energy);
+        assert!(
+            out[0].energy.energy.gpu.0 > 0,
+            "energy before the loss is kept"
+        );
+        assert_eq!(m.held(), 0);
     }
 }

@@ -48,6 +48,9 @@ pub struct Pipeline {
     pub alerts: Option<AlertEngine>,
     /// Tags per traced process (target rule, pod, container); descendants inherit their root's.
     pub process_tags: HashMap<u32, BTreeMap<String, String>>,
+    /// Exited processes whose cached comm, listeners and tags are dropped once no held request
+    /// can need them any more (a few intervals later).
+    graveyard: Vec<(u64, u32)>,
 }
 
 impl Pipeline {
@@ -73,6 +76,7 @@ impl Pipeline {
             metrics: None,
             alerts: None,
             process_tags: HashMap::new(),
+            graveyard: Vec::new(),
         }
     }
 
@@ -114,7 +118,10 @@ impl Pipeline {
                     self.builder.set_local(conn, local);
                 }
             }
-            Event::ProcExit { tgid, .. } => self.exited.push(tgid),
+            Event::ProcExit { ts, tgid } => {
+                self.exited.push(tgid);
+                self.graveyard.push((ts, tgid));
+            }
             _ => {}
         }
     }
@@ -168,6 +175,7 @@ impl Pipeline {
 
     /// Samples energy when an interval is due; emits the interval and the requests it priced.
     pub fn tick(&mut self, now: u64) -> io::Result<()> {
+        self.bury(now);
         let Some(m) = self.meter.as_mut() else {
             return Ok(());
         };
@@ -245,6 +253,21 @@ impl Pipeline {
         drop(rec);
         self.comms = comms;
         written
+    }
+
+    /// Drops per-process caches of processes that exited over 5 s ago (every request of theirs
+    /// has been priced and emitted by then), so a long-running agent does not grow with churn.
+    fn bury(&mut self, now: u64) {
+        const GRACE_NS: u64 = 5_000_000_000;
+        while let Some(&(ts, tgid)) = self.graveyard.first() {
+            if now.saturating_sub(ts) < GRACE_NS {
+                break;
+            }
+            self.graveyard.remove(0);
+            self.comms.remove(&tgid);
+            self.process_tags.remove(&tgid);
+            self.listeners.retain(|(t, _), _| *t != tgid);
+        }
     }
 
     /// Tags of a traced process: its own, or those of the nearest ancestor that has some.

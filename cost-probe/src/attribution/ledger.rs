@@ -263,8 +263,14 @@ impl Ledger {
 
         self.collect_active(iv);
         let n_active = self.active.len();
+        if iv.unmeasured {
+            for k in 0..n_active {
+                let slot = self.active[k];
+                self.spans[slot].acc.flags.partial_energy = true;
+            }
+        }
 
-        if n_active == 0 && dt > 0 {
+        if n_active == 0 && dt > 0 && !iv.unmeasured {
             let uw = u128::from(measured) * 1_000_000_000 / u128::from(dt);
             let uw = u64::try_from(uw).unwrap_or(u64::MAX);
             self.domain_mut(iv.domain).learner.observe(uw);

@@ -129,6 +129,10 @@ pub struct DomainInterval {
     pub estimated: bool,
     /// The energy was integrated from power samples rather than read from an energy counter.
     pub integrated: bool,
+    /// The domain did not report over this interval (a GPU lost, a counter gone): `measured` is
+    /// 0, requests active in it are flagged `partial_energy`, and it does not teach idle power.
+    /// It keeps the domain's watermark moving, so requests are not held back forever.
+    pub unmeasured: bool,
     /// Devices behind the domain (cores, or 1 GPU): capacity is `devices × Δt`.
     pub devices: u32,
 }

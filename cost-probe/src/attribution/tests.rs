@@ -15,6 +15,7 @@ fn iv(domain: u32, class: DomainClass, start: u64, end: u64, uj: u64) -> DomainI
         target_share: Share::ALL,
         estimated: false,
         integrated: false,
+        unmeasured: false,
         devices: 1,
     }
 }
@@ -546,4 +547,25 @@ fn ground_truth_overlap_method_within_two_percent() {
         "worst per-request error {:.3} %",
         100.0 * worst
     );
+}
+
+/// Regression: a domain that stops reporting (NVML `GpuLost`) froze its watermark, so no request
+/// was ever released. Unmeasured intervals move it on and flag the requests they cover.
+#[test]
+fn unmeasured_intervals_release_requests_and_flag_them() {
+    let mut l = Ledger::new(LedgerConfig::default());
+    l.span_started(1, Nanos(10));
+    l.span_ended(1, Nanos(150), None);
+    let mut iv = iv(0, DomainClass::Gpu, 0, 100, 1_000);
+    l.interval(&iv);
+    assert_eq!(l.drain_ready().count(), 0, "the end is not covered yet");
+    iv.start = Nanos(100);
+    iv.end = Nanos(200);
+    iv.measured = MicroJoules(0);
+    iv.unmeasured = true;
+    let rec = l.interval(&iv);
+    assert!(rec.is_conserved());
+    let done: Vec<_> = l.drain_ready().collect();
+    assert_eq!(done.len(), 1);
+    assert!(done[0].1.flags.partial_energy);
 }

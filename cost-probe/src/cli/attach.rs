@@ -228,7 +228,7 @@ fn consume(
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         drain_once(probe, pipe, stopping)?;
-        let root_exited = pipe.exited.contains(&pid);
+        let root_exited = std::mem::take(&mut pipe.exited).contains(&pid);
         let check = last_check.elapsed() >= Duration::from_secs(1);
         if check || stopping || root_exited {
             last_check = Instant::now();
