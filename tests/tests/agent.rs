@@ -177,6 +177,10 @@ fn broken_rules_on_reload_name_the_line_and_records_continue() {
     let agent = Agent::start(dir.path(), &dir.path().join("out.ndjson"), free_port());
     agent.wait_for("tracing pid", Duration::from_secs(5));
     assert_eq!(Client::connect(port).get("/fixed?size=1").status, 200);
+    // Let the first request be priced and written, then rotate the file as logrotate would.
+    thread::sleep(Duration::from_millis(400));
+    let rotated = dir.path().join("out.ndjson.1");
+    std::fs::rename(dir.path().join("out.ndjson"), &rotated).unwrap();
     std::fs::write(dir.path().join("20-bad.toml"), "[energy]\npue = 0.5\n").unwrap();
     agent.proc.signal(libc::SIGHUP);
     let (_, line) = agent.wait_line("20-bad.toml:2:7", Duration::from_secs(5));
@@ -186,9 +190,13 @@ fn broken_rules_on_reload_name_the_line_and_records_continue() {
     let records = agent.stop();
     assert_eq!(
         records.requests().len(),
-        2,
-        "records continue after a failed reload"
+        1,
+        "records continue, in the reopened file"
     );
+    assert_eq!(records.requests()[0]["http"]["path"], "/fixed");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let in_old = old.matches("\"type\":\"request\"").count();
+    assert_eq!(in_old, 1, "the first request stayed in the rotated file");
     drop(server);
 }
 
