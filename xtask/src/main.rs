@@ -174,7 +174,6 @@ fn setup(test_deps: bool) -> anyhow::Result<()> {
             .args([
                 "install",
                 "bpf-linker",
-                "--locked",
                 "--no-default-features",
                 "--features",
             ])
