@@ -192,11 +192,7 @@ impl Meter {
     }
 
     pub fn finished(&mut self, span: RequestSpan) {
-        let tokens = span
-            .usage
-            .prompt
-            .zip(span.usage.completion)
-            .map(|(p, c)| p + c);
+        let tokens = span.usage.total();
         self.ledger.span_ended(span.id, Nanos(span.end), tokens);
         self.held.insert(span.id, span);
     }
@@ -381,11 +377,7 @@ impl Meter {
     }
 
     fn price(&self, span: RequestSpan, energy: RequestEnergy) -> Priced {
-        let tokens = span
-            .usage
-            .prompt
-            .zip(span.usage.completion)
-            .map(|(p, c)| p + c);
+        let tokens = span.usage.total();
         let cost = self.prices.price(&energy, tokens);
         let tags = self.tagger.tags(&RequestInfo {
             method: span.method.as_deref(),

@@ -242,11 +242,7 @@ impl Pipeline {
                     latency_ms: rec.duration_ms,
                     energy_j: rec.energy_j.map(|e| e.total),
                     cost_usd: rec.cost_usd.map(|c| c.total),
-                    tokens: span
-                        .usage
-                        .prompt
-                        .zip(span.usage.completion)
-                        .map(|(p, c)| p + c),
+                    tokens: span.usage.total(),
                 },
             );
         }
@@ -306,11 +302,7 @@ impl Pipeline {
                 duration_s: rec.duration_ms / 1e3,
                 energy_j: rec.energy_j.map(|e| e.total),
                 cost_usd: rec.cost_usd.map(|c| c.total),
-                tokens: span
-                    .usage
-                    .prompt
-                    .zip(span.usage.completion)
-                    .map(|(p, c)| p + c),
+                tokens: span.usage.total(),
             });
         }
         let Some(engine) = self.alerts.as_mut() else {

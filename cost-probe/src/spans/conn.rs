@@ -287,12 +287,7 @@ impl Conn {
                     Seg::Gap(n) => {
                         resp.bytes_out += n;
                         resp.flags.set(Flags::TRUNCATED);
-                        resp.head = Some(ResponseHead {
-                            status: 0,
-                            framing: Framing::UntilClose,
-                            event_stream: false,
-                            len: 0,
-                        });
+                        resp.head = Some(ResponseHead::unknown());
                         return;
                     }
                     Seg::Bytes(b) => {
@@ -306,12 +301,7 @@ impl Conn {
                             HeadParse::Invalid => {
                                 resp.bytes_out += b.len() as u64;
                                 resp.flags.set(Flags::MALFORMED);
-                                resp.head = Some(ResponseHead {
-                                    status: 0,
-                                    framing: Framing::UntilClose,
-                                    event_stream: false,
-                                    len: 0,
-                                });
+                                resp.head = Some(ResponseHead::unknown());
                                 return;
                             }
                             HeadParse::Complete(h) => {

@@ -467,6 +467,20 @@ pub struct ResponseHead {
     pub len: usize,
 }
 
+impl ResponseHead {
+    /// A header block that could not be read (hidden by a kernel gap, or malformed): no status,
+    /// and no framing but the end of the connection or the next request.
+    #[must_use]
+    pub fn unknown() -> Self {
+        Self {
+            status: 0,
+            framing: Framing::UntilClose,
+            event_stream: false,
+            len: 0,
+        }
+    }
+}
+
 /// Outcome of parsing a response header block from accumulated bytes.
 pub enum HeadParse {
     Complete(ResponseHead),

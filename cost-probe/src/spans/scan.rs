@@ -16,6 +16,12 @@ impl Usage {
     pub fn is_empty(&self) -> bool {
         self.prompt.is_none() && self.completion.is_none()
     }
+    /// Prompt plus completion, when both are known.
+    #[must_use]
+    pub fn total(&self) -> Option<u64> {
+        self.prompt.zip(self.completion).map(|(p, c)| p + c)
+    }
+
     /// Later values win (the last chunk of a stream carries the totals).
     pub fn merge(&mut self, newer: Usage) {
         if newer.prompt.is_some() {
