@@ -308,12 +308,16 @@ impl Meter {
             self.scratch.extend(self.ledger.drain_ready());
         }
         let mut ready = std::mem::take(&mut self.scratch);
+        let first = out.len();
         for (id, energy) in ready.drain(..) {
             if let Some(span) = self.held.remove(&id) {
                 out.push(self.price(span, energy));
             }
         }
         self.scratch = ready;
+        // The ledger releases in no particular order; records go out in the order requests
+        // ended (pipelined requests: in pipeline order).
+        out[first..].sort_by_key(|p| (p.span.end, p.span.id));
         rec
     }
 

@@ -51,7 +51,12 @@ pub struct Pipeline {
     /// Exited processes whose cached comm, listeners and tags are dropped once no held request
     /// can need them any more (a few intervals later).
     graveyard: Vec<(u64, u32)>,
+    /// Raw path → normalized path, for summary groups.
+    normalized: HashMap<String, String>,
 }
+
+/// Entries in the path-normalization cache before it is cleared.
+const NORMALIZED_CACHE: usize = 4096;
 
 impl Pipeline {
     #[must_use]
@@ -77,6 +82,7 @@ impl Pipeline {
             alerts: None,
             process_tags: HashMap::new(),
             graveyard: Vec::new(),
+            normalized: HashMap::new(),
         }
     }
 
@@ -219,7 +225,7 @@ impl Pipeline {
             rec = rec.priced(p);
         }
         for (k, v) in extra.into_iter().flatten() {
-            rec.tags.entry(k).or_insert(v);
+            rec.tags.to_mut().entry(k).or_insert(v);
         }
         let written = self
             .sink
@@ -229,13 +235,23 @@ impl Pipeline {
             if span.flags.contains(Flags::PARTIAL) {
                 self.summary.totals.partial_requests += 1;
             }
-            // Summary groups use the normalized path (bounded: never one group per user id).
+            // Summary groups use the normalized path (bounded: never one group per user id),
+            // through a bounded cache: normalizing allocates, and paths repeat.
             let path = match (&span.path, &self.meter) {
-                (Some(p), Some(m)) => Some(m.tagger().normalizer().normalize(p)),
-                (p, _) => p.clone(),
+                (Some(p), Some(m)) => {
+                    if !self.normalized.contains_key(p.as_str()) {
+                        if self.normalized.len() >= NORMALIZED_CACHE {
+                            self.normalized.clear();
+                        }
+                        let n = m.tagger().normalizer().normalize(p);
+                        self.normalized.insert(p.clone(), n);
+                    }
+                    self.normalized.get(p.as_str()).map(String::as_str)
+                }
+                (p, _) => p.as_deref(),
             };
             self.summary.add_with(
-                path.as_deref(),
+                path,
                 span.model.as_deref(),
                 &rec.tags,
                 Sample {

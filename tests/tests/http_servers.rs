@@ -18,6 +18,25 @@ fn path_status(r: &Value) -> (String, u64) {
     )
 }
 
+/// The span-quality flags of a record (energy flags such as `estimated_cpu` only say where the
+/// joules came from).
+fn quality_flags(r: &Value) -> Vec<&str> {
+    const QUALITY: [&str; 5] = [
+        "partial",
+        "truncated",
+        "malformed",
+        "approximate",
+        "no_response",
+    ];
+    r["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|f| QUALITY.contains(f))
+        .collect()
+}
+
 fn multiset<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
     let mut m = BTreeMap::new();
     for i in items {
@@ -85,7 +104,7 @@ fn nginx_keepalive_spans_match_client_exactly() {
     for s in &spans {
         assert_eq!(s["protocol"], "http1");
         assert_eq!(s["http"]["method"], "GET");
-        assert_eq!(s["flags"], serde_json::json!([]), "{s}");
+        assert!(quality_flags(s).is_empty(), "{s}");
         assert_eq!(s["conn"]["local"], format!("127.0.0.1:{}", nginx.port));
         assert!(s["duration_ms"].as_f64().unwrap() >= 0.0);
     }
@@ -347,7 +366,7 @@ fn attach_ends_with_a_summary_when_the_target_exits() {
     eprintln!("attach exited {:?} after the target", started.elapsed());
     let spans = records.requests();
     assert_eq!(spans.len(), 2);
-    assert_eq!(spans[0]["flags"], serde_json::json!([]));
+    assert!(quality_flags(spans[0]).is_empty(), "{}", spans[0]);
     assert!(
         spans[1]["flags"]
             .as_array()

@@ -255,6 +255,11 @@ impl RequestFlags {
     /// The set flags, as the record's `flags` strings.
     #[must_use]
     pub fn names(&self) -> Vec<&'static str> {
+        self.iter_names().collect()
+    }
+
+    /// Like [`Self::names`], without allocating.
+    pub fn iter_names(&self) -> impl Iterator<Item = &'static str> + use<> {
         [
             (self.estimated_cpu, "estimated_cpu"),
             (self.integrated_gpu, "integrated_gpu"),
@@ -265,7 +270,6 @@ impl RequestFlags {
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
-        .collect()
     }
 }
 

@@ -1,9 +1,9 @@
 //! The NDJSON record schema (DESIGN.md "Records"). Unknown values are omitted, never invented.
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{borrow::Cow, collections::BTreeMap, net::SocketAddr};
 
 use serde::Serialize;
 
-use super::WallClock;
+use super::{Stamp, WallClock};
 use crate::spans::{Protocol, RequestSpan};
 
 pub const VERSION: u32 = 1;
@@ -55,8 +55,8 @@ pub struct RequestRecord<'a> {
     pub v: u32,
     #[serde(rename = "type")]
     pub kind: Kind,
-    pub start: String,
-    pub end: String,
+    pub start: Stamp,
+    pub end: Stamp,
     pub duration_ms: f64,
     pub pid: u32,
     pub comm: &'a str,
@@ -84,9 +84,47 @@ pub struct RequestRecord<'a> {
     pub co2_g: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usd_per_1k_tokens: Option<f64>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub tags: BTreeMap<String, String>,
-    pub flags: Vec<&'static str>,
+    /// Borrowed from the pricing result unless process tags are merged in.
+    #[serde(skip_serializing_if = "no_tags")]
+    pub tags: Cow<'a, BTreeMap<String, String>>,
+    pub flags: FlagList,
+}
+
+#[expect(
+    clippy::ptr_arg,
+    reason = "serde's skip_serializing_if passes a reference to the field"
+)]
+fn no_tags(t: &Cow<'_, BTreeMap<String, String>>) -> bool {
+    t.is_empty()
+}
+
+/// The record's `flags` without a heap allocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlagList {
+    names: [&'static str; 16],
+    len: usize,
+}
+
+impl FlagList {
+    pub fn extend(&mut self, names: impl IntoIterator<Item = &'static str>) {
+        for n in names {
+            if self.len < self.names.len() {
+                self.names[self.len] = n;
+                self.len += 1;
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn as_slice(&self) -> &[&'static str] {
+        &self.names[..self.len]
+    }
+}
+
+impl Serialize for FlagList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.as_slice())
+    }
 }
 
 fn ms(from: u64, to: u64) -> f64 {
@@ -109,8 +147,8 @@ impl<'a> RequestRecord<'a> {
         Self {
             v: VERSION,
             kind: Kind::Request,
-            start: clock.rfc3339_cached(span.start, cache),
-            end: clock.rfc3339_cached(span.end, cache),
+            start: clock.stamp(span.start, cache),
+            end: clock.stamp(span.end, cache),
             duration_ms: ms(span.start, span.end),
             pid: span.conn.tgid,
             comm,
@@ -140,8 +178,12 @@ impl<'a> RequestRecord<'a> {
             cost_usd: None,
             co2_g: None,
             usd_per_1k_tokens: None,
-            tags: BTreeMap::new(),
-            flags: span.flags.names().collect(),
+            tags: Cow::Owned(BTreeMap::new()),
+            flags: {
+                let mut f = FlagList::default();
+                f.extend(span.flags.names());
+                f
+            },
         }
     }
 
@@ -152,8 +194,8 @@ impl<'a> RequestRecord<'a> {
         self.cost_usd = Some(p.cost.cost_usd);
         self.co2_g = Some(p.cost.co2_g);
         self.usd_per_1k_tokens = p.cost.usd_per_1k_tokens;
-        self.tags.clone_from(&p.tags);
-        self.flags.extend(p.energy.flags.names());
+        self.tags = Cow::Borrowed(&p.tags);
+        self.flags.extend(p.energy.flags.iter_names());
         self
     }
 }
