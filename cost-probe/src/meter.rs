@@ -101,6 +101,8 @@ pub struct Meter {
     targets_dirty: bool,
     pub totals: MeterTotals,
     scratch: Vec<(u64, RequestEnergy)>,
+    /// (end, id, index in `scratch`): the release order of a tick.
+    order: Vec<(u64, u64, usize)>,
 }
 
 fn class_of(c: EnergyClass) -> Option<DomainClass> {
@@ -171,6 +173,7 @@ impl Meter {
             targets_dirty: false,
             totals: MeterTotals::default(),
             scratch: Vec::new(),
+            order: Vec::new(),
         }
     }
 
@@ -307,18 +310,33 @@ impl Meter {
         } else {
             self.scratch.extend(self.ledger.drain_ready());
         }
-        let mut ready = std::mem::take(&mut self.scratch);
-        let first = out.len();
-        for (id, energy) in ready.drain(..) {
+        self.release(out);
+        rec
+    }
+
+    /// Prices the requests the ledger released (in `scratch`) and pushes them to `out`.
+    fn release(&mut self, out: &mut Vec<Priced>) {
+        // The ledger releases in no particular order; records go out in the order requests
+        // ended (pipelined requests: in pipeline order). Small keys are sorted, not the
+        // records: at 100k requests/s a tick releases thousands of them.
+        let ready = std::mem::take(&mut self.scratch);
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(
+            ready
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (id, _))| self.held.get(id).map(|s| (s.end, *id, i))),
+        );
+        order.sort_unstable();
+        for &(_, id, i) in &order {
             if let Some(span) = self.held.remove(&id) {
-                out.push(self.price(span, energy));
+                out.push(self.price(span, ready[i].1));
             }
         }
+        self.order = order;
         self.scratch = ready;
-        // The ledger releases in no particular order; records go out in the order requests
-        // ended (pipelined requests: in pipeline order).
-        out[first..].sort_by_key(|p| (p.span.end, p.span.id));
-        rec
+        self.scratch.clear();
     }
 
     /// A domain that stopped reporting (a GPU lost, a counter gone) would hold every request

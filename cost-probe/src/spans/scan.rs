@@ -2,7 +2,33 @@
 //!
 //! Bodies arrive as bounded head/tail slices, so a full JSON parse is usually impossible; a key
 //! scan tolerates truncation. Only exact keys of the OpenAI-compatible and Ollama schemas count.
-use memchr::memmem;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+/// Searchers built once: building one costs more than the search over a few hundred bytes, and
+/// every write of every response is scanned.
+struct Finders {
+    tokens_gate: Finder<'static>,
+    eval_gate: Finder<'static>,
+    prompt_tokens: Finder<'static>,
+    completion_tokens: Finder<'static>,
+    prompt_eval_count: Finder<'static>,
+    eval_count: Finder<'static>,
+    model: Finder<'static>,
+    done: Finder<'static>,
+}
+
+static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
+    tokens_gate: Finder::new(b"_tokens\""),
+    eval_gate: Finder::new(b"eval_count\""),
+    prompt_tokens: Finder::new(b"\"prompt_tokens\""),
+    completion_tokens: Finder::new(b"\"completion_tokens\""),
+    prompt_eval_count: Finder::new(b"\"prompt_eval_count\""),
+    eval_count: Finder::new(b"\"eval_count\""),
+    model: Finder::new(b"\"model\""),
+    done: Finder::new(b"data: [DONE]"),
+});
 
 /// Token counts reported by the server.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,12 +60,12 @@ impl Usage {
 }
 
 /// The value after `"key"` and a colon, with JSON whitespace skipped.
-fn value_after<'a>(bytes: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+fn value_after<'a>(bytes: &'a [u8], key: &Finder<'_>) -> Option<&'a [u8]> {
     let mut from = 0;
     // The last occurrence is the one that counts (e.g. a cumulative count in the last chunk).
     let mut found = None;
-    while let Some(i) = memmem::find(&bytes[from..], key) {
-        let at = from + i + key.len();
+    while let Some(i) = key.find(&bytes[from..]) {
+        let at = from + i + key.needle().len();
         let rest = &bytes[at..];
         let rest = trim_ws(rest);
         if let Some(rest) = rest.strip_prefix(b":") {
@@ -58,7 +84,7 @@ fn trim_ws(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
-fn int_after(bytes: &[u8], key: &[u8]) -> Option<u64> {
+fn int_after(bytes: &[u8], key: &Finder<'_>) -> Option<u64> {
     let v = value_after(bytes, key)?;
     let n = v.iter().take_while(|c| c.is_ascii_digit()).count();
     // A number cut off by the end of the captured bytes is not trusted.
@@ -73,22 +99,22 @@ fn int_after(bytes: &[u8], key: &[u8]) -> Option<u64> {
 #[must_use]
 pub fn usage(bytes: &[u8]) -> Usage {
     // Cheap gate: most writes of a stream carry no usage at all.
-    if memmem::find(bytes, b"_tokens\"").is_none() && memmem::find(bytes, b"eval_count\"").is_none()
-    {
+    let f = &*FIND;
+    if f.tokens_gate.find(bytes).is_none() && f.eval_gate.find(bytes).is_none() {
         return Usage::default();
     }
     Usage {
-        prompt: int_after(bytes, b"\"prompt_tokens\"")
-            .or_else(|| int_after(bytes, b"\"prompt_eval_count\"")),
-        completion: int_after(bytes, b"\"completion_tokens\"")
-            .or_else(|| int_after(bytes, b"\"eval_count\"")),
+        prompt: int_after(bytes, &f.prompt_tokens)
+            .or_else(|| int_after(bytes, &f.prompt_eval_count)),
+        completion: int_after(bytes, &f.completion_tokens)
+            .or_else(|| int_after(bytes, &f.eval_count)),
     }
 }
 
 /// The `"model"` string value, if complete in these bytes.
 #[must_use]
 pub fn model(bytes: &[u8]) -> Option<String> {
-    let v = value_after(bytes, b"\"model\"")?;
+    let v = value_after(bytes, &FIND.model)?;
     let v = v.strip_prefix(b"\"")?;
     let end = memchr::memchr(b'"', v)?;
     let s = std::str::from_utf8(&v[..end]).ok()?;
@@ -99,7 +125,7 @@ pub fn model(bytes: &[u8]) -> Option<String> {
 /// Whether an SSE stream's terminator is in these bytes.
 #[must_use]
 pub fn sse_done(bytes: &[u8]) -> bool {
-    memmem::find(bytes, b"data: [DONE]").is_some()
+    FIND.done.find(bytes).is_some()
 }
 
 #[cfg(test)]
