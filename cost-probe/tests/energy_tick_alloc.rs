@@ -4,13 +4,6 @@ use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
     sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
-
-use cost_probe::energy::{
-    MilliWatts, Roots,
-    cpu_model::{CpuModelParams, CpuModelSource},
-    sampler::{SamplerBuilder, SamplerConfig},
 };
 
 #[path = "support/fake_rapl.rs"]
@@ -60,26 +53,7 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn tick_allocates_nothing_after_warm_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let roots = Roots {
-        powercap: fake_rapl::two_socket_server(tmp.path()),
-        event_source: tmp.path().join("no-event-source"),
-        nvml_lib: Some(tmp.path().join("no-libnvidia-ml.so.1")),
-        ..Roots::default()
-    };
-    let model = CpuModelSource::new(CpuModelParams {
-        idle_per_cpu: MilliWatts::from_watts(3.0),
-        max_per_cpu: MilliWatts::from_watts(12.0),
-    });
-    let mut sampler = SamplerBuilder::new(roots)
-        .config(SamplerConfig {
-            liveness_window: Duration::ZERO,
-            ..SamplerConfig::default()
-        })
-        .without_nvml()
-        .source(Box::new(model))
-        .build();
-    sampler.set_targets(&[std::process::id()]);
-    assert_eq!(sampler.domains().len(), 5, "{:?}", sampler.status());
+    let mut sampler = fake_rapl::sampler_over_fake_rapl(tmp.path());
     let mut snap = sampler.new_snapshot();
     for _ in 0..3 {
         sampler.tick(&mut snap);

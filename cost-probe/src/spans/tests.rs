@@ -35,6 +35,22 @@ fn run(events: &[OwnedEvent]) -> (Vec<RequestSpan>, usize) {
     (spans, started)
 }
 
+/// Index of the first write the server made (the first response).
+fn first_response(events: &[OwnedEvent]) -> usize {
+    events
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                OwnedEvent::Data {
+                    dir: Direction::Out,
+                    ..
+                }
+            )
+        })
+        .expect("the fixture has a response")
+}
+
 #[test]
 fn python_asyncio_fixture_gives_exact_spans() {
     let (spans, started) = run(&fixture("python_asyncio_mixed.ndjson"));
@@ -93,18 +109,7 @@ fn python_asyncio_fixture_gives_exact_spans() {
 fn truncated_payloads_are_flagged_and_nothing_else_is_lost() {
     let mut events = fixture("python_asyncio_mixed.ndjson");
     // Hide the first response's headers behind a kernel gap: keep 4 bytes of head.
-    let idx = events
-        .iter()
-        .position(|e| {
-            matches!(
-                e,
-                OwnedEvent::Data {
-                    dir: Direction::Out,
-                    ..
-                }
-            )
-        })
-        .unwrap();
+    let idx = first_response(&events);
     if let OwnedEvent::Data { head, .. } = &mut events[idx] {
         head.truncate(4);
     }
@@ -120,18 +125,7 @@ fn truncated_payloads_are_flagged_and_nothing_else_is_lost() {
 #[test]
 fn malformed_status_line_is_flagged() {
     let mut events = fixture("python_asyncio_mixed.ndjson");
-    let idx = events
-        .iter()
-        .position(|e| {
-            matches!(
-                e,
-                OwnedEvent::Data {
-                    dir: Direction::Out,
-                    ..
-                }
-            )
-        })
-        .unwrap();
+    let idx = first_response(&events);
     if let OwnedEvent::Data { head, .. } = &mut events[idx] {
         head[..8].copy_from_slice(b"XTTP/9.Z");
     }
@@ -144,18 +138,7 @@ fn malformed_status_line_is_flagged() {
 fn close_mid_response_flushes_a_partial_span() {
     let events = fixture("python_asyncio_mixed.ndjson");
     // Cut the stream after the first response's headers, then close the connection.
-    let first_out = events
-        .iter()
-        .position(|e| {
-            matches!(
-                e,
-                OwnedEvent::Data {
-                    dir: Direction::Out,
-                    ..
-                }
-            )
-        })
-        .unwrap();
+    let first_out = first_response(&events);
     let OwnedEvent::Data { conn, ts, .. } = events[first_out].clone() else {
         unreachable!()
     };
