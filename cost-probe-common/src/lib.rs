@@ -156,8 +156,11 @@ pub struct Pending {
 }
 const _: () = assert!(core::mem::size_of::<Pending>() == 40);
 
-/// Tracepoint field offsets read from tracefs `format` files by userspace and written into the
-/// program's globals before load (never hard-coded in the kernel side).
+/// Tracepoint field offsets read from tracefs `format` files by userspace. The `syscalls:*`
+/// layout is compiled into the kernel side as [`TpOffsets::SYSCALLS`] (direct context loads need
+/// constant offsets, and a helper call per argument costs more than the rest of the filter):
+/// userspace refuses to load on a kernel whose format files say otherwise. `fork_child_pid` is
+/// written into the program's globals before load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TpOffsets {
@@ -173,8 +176,9 @@ pub struct TpOffsets {
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 16);
 
 impl TpOffsets {
-    /// The layout of kernels 4.x–6.x on 64-bit architectures; only a starting value.
-    pub const DEFAULT: Self = Self {
+    /// The layout of kernels 4.x–6.x on 64-bit architectures. Its syscall offsets are the ones
+    /// the kernel side is compiled with.
+    pub const SYSCALLS: Self = Self {
         enter_args: 16,
         exit_ret: 16,
         fork_child_pid: 44,
@@ -184,9 +188,10 @@ impl TpOffsets {
 
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 16 << 20;
-/// Submit without waking the consumer until this much data is waiting; the consumer also polls
-/// on a short timer, so a quiet connection is never delayed by more than that period.
-pub const WAKEUP_BYTES: u64 = 256 << 10;
+/// Submit without waking the consumer until this much data is waiting. The consumer drains on a
+/// 10 ms timer, which at ordinary rates empties the ring long before this; the wake-up (an IPI,
+/// a VM exit on virtual machines) is only for bursts that would otherwise fill the ring first.
+pub const WAKEUP_BYTES: u64 = RING_BYTES as u64 / 4;
 
 #[cfg(feature = "user")]
 mod pod {

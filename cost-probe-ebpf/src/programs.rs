@@ -1,4 +1,5 @@
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
@@ -19,7 +20,7 @@ const AF_INET6: u16 = 10;
 
 /// Tracepoint field offsets, written by userspace before load (from tracefs `format` files).
 #[unsafe(no_mangle)]
-static OFFSETS: TpOffsets = TpOffsets::DEFAULT;
+static OFFSETS: TpOffsets = TpOffsets::SYSCALLS;
 
 /// Traced thread-group ids (the attached pid and its descendants) and, transiently, thread ids
 /// from `sched_process_fork` (the tracepoint cannot tell a thread from a process; the exit
@@ -83,17 +84,41 @@ fn offsets() -> TpOffsets {
     unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
 }
 
+/// A `u64` of a `syscalls:*` record at a compile-time offset, as one direct context load (the
+/// verifier allows aligned loads at constant offsets of a tracepoint's context; a probe-read
+/// helper call per field would cost more than the rest of the filter). Userspace checked at load
+/// that this kernel's format files match [`TpOffsets::SYSCALLS`].
 #[inline(always)]
-fn arg(ctx: &TracePointContext, i: usize) -> Result<u64, u32> {
-    // SAFETY: the offset comes from the tracepoint's format file; read_at is bounds-checked by the
-    // kernel (bpf_probe_read of the context).
-    unsafe { ctx.read_at::<u64>(offsets().enter_args as usize + 8 * i) }.map_err(|_| 1u32)
+fn ctx_u64<const OFF: usize>(ctx: &TracePointContext) -> u64 {
+    // SAFETY: OFF is within the record and 8-aligned (checked against the format at load).
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(OFF).cast::<u64>()) }
 }
 
+const SYS_NR: usize = TpOffsets::SYSCALLS.enter_nr as usize;
+const SYS_ARGS: usize = TpOffsets::SYSCALLS.enter_args as usize;
+const SYS_RET: usize = TpOffsets::SYSCALLS.exit_ret as usize;
+
+/// The `i`th syscall argument (`syscalls:sys_enter_*`).
+#[inline(always)]
+fn arg<const I: usize>(ctx: &TracePointContext) -> u64 {
+    const { assert!(I < 3, "only the first three arguments are used") };
+    match I {
+        0 => ctx_u64::<SYS_ARGS>(ctx),
+        1 => ctx_u64::<{ SYS_ARGS + 8 }>(ctx),
+        _ => ctx_u64::<{ SYS_ARGS + 16 }>(ctx),
+    }
+}
+
+/// `__syscall_nr` (`syscalls:sys_enter_*`; an `int` in the low half of its 8-byte slot).
 #[inline(always)]
 fn syscall_nr(ctx: &TracePointContext) -> u32 {
-    // SAFETY: as in `arg`.
-    unsafe { ctx.read_at::<i32>(offsets().enter_nr as usize) }.map_or(0, |n| n as u32)
+    ctx_u64::<SYS_NR>(ctx) as u32
+}
+
+/// `ret` (`syscalls:sys_exit_*`).
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> i64 {
+    ctx_u64::<SYS_RET>(ctx) as i64
 }
 
 #[inline(always)]
@@ -141,26 +166,15 @@ fn header(pid_tgid: u64, fd: i32, conn_id: u64, kind: EventKind, nr: u32) -> Eve
 // the head and tail of what was actually transferred (`ret` bytes).
 // ---------------------------------------------------------------------------------------------
 
-/// `__syscall_nr` and the first argument in one context read (userspace checked at load that
-/// the first argument directly follows the 8-byte slot of the syscall number).
-#[inline(always)]
-fn nr_and_arg0(ctx: &TracePointContext) -> Result<(u32, u64), u32> {
-    // SAFETY: offsets from the format file; read_at is a bounds-checked probe read.
-    let v = unsafe { ctx.read_at::<[u64; 2]>(offsets().enter_nr as usize) }.map_err(|_| 1u32)?;
-    Ok((v[0] as u32, v[1]))
-}
-
+/// Saves the buffer arguments of a data syscall on a traced connection. No target check first:
+/// `CONNS` holds only the targets' connections (userspace removes a process's entries when it
+/// exits), so one lookup both filters and finds the connection.
 #[inline(always)]
 fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !is_target(tgid) {
-        return Ok(0);
-    }
-    let (nr, arg0) = nr_and_arg0(ctx)?;
-    let fd = arg0 as i32;
+    let fd = arg::<0>(ctx) as i32;
     let key = ConnKey {
-        tgid,
+        tgid: (pid_tgid >> 32) as u32,
         fd: fd as u32,
     };
     // SAFETY: the value is copied out at once.
@@ -169,13 +183,7 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32,
     };
     let (buf, iovcnt) = match shape {
         SHAPE_NONE => (0, 0),
-        _ => {
-            // Both in one context read: every helper call counts on this path.
-            // SAFETY: as in nr_and_arg0.
-            let a = unsafe { ctx.read_at::<[u64; 2]>(offsets().enter_args as usize + 8) }
-                .map_err(|_| 1u32)?;
-            (a[0], a[1])
-        }
+        _ => (arg::<1>(ctx), arg::<2>(ctx)),
     };
     let pending = Pending {
         conn_id,
@@ -184,7 +192,7 @@ fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32,
         fd,
         shape,
         kind: kind as u16,
-        nr,
+        nr: syscall_nr(ctx),
         pad: 0,
     };
     save_pending(pid_tgid, &pending)?;
@@ -277,8 +285,7 @@ fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
     if p.shape == SHAPE_ACCEPT {
         return Ok(0); // left over from an accept seeded at attach that had already returned
     }
-    // SAFETY: offset from the format file.
-    let ret: i64 = unsafe { ctx.read_at(offsets().exit_ret as usize) }.map_err(|_| 1u32)?;
+    let ret = syscall_ret(ctx);
     if ret <= 0 {
         return Ok(0);
     }
@@ -382,9 +389,9 @@ fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     let pending = Pending {
         conn_id: 0,
-        buf: arg(ctx, 1)?,
+        buf: arg::<1>(ctx),
         iovcnt: 0,
-        fd: arg(ctx, 0)? as i32,
+        fd: arg::<0>(ctx) as i32,
         shape: SHAPE_ACCEPT,
         kind: EventKind::Accept as u16,
         nr: syscall_nr(ctx),
@@ -424,8 +431,7 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     if p.shape != SHAPE_ACCEPT {
         return Ok(0);
     }
-    // SAFETY: offset from the format file.
-    let ret: i64 = unsafe { ctx.read_at(offsets().exit_ret as usize) }.map_err(|_| 1u32)?;
+    let ret = syscall_ret(ctx);
     if ret < 0 {
         return Ok(0);
     }
@@ -488,12 +494,12 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 
 fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !is_target(tgid) {
-        return Ok(0);
-    }
-    let fd = arg(ctx, 0)? as u32;
-    let key = ConnKey { tgid, fd };
+    // As in enter_io: the connection lookup is the filter.
+    let fd = arg::<0>(ctx) as u32;
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd,
+    };
     // SAFETY: copied out before removal.
     let Some(conn_id) = (unsafe { CONNS.get(&key) }).copied() else {
         return Ok(0);

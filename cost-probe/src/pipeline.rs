@@ -229,7 +229,7 @@ impl Pipeline {
         }
         let written = self
             .sink
-            .write(&rec)
+            .write_request(&rec)
             .and_then(|()| self.observe(span, &rec));
         if written.is_ok() {
             if span.flags.contains(Flags::PARTIAL) {

@@ -212,6 +212,11 @@ pub fn drain_once(
             FdKind::Gone => {}
         }
     }
+    // The kernel filters data syscalls by connection alone (no process check), so entries of a
+    // process that exited must go before its pid can be reused.
+    for conn in pipe.builder.take_ended_by_exit() {
+        probe.forget_conn(conn);
+    }
     pipe.emit()?;
     pipe.tick(monotonic_now().0)?;
     Ok(())

@@ -1,5 +1,6 @@
 //! Sinks: NDJSON records (stdout or a file) and the wall clock they are stamped with.
 pub mod metrics;
+mod json;
 pub mod records;
 pub mod summary;
 
@@ -163,6 +164,18 @@ impl Sink {
             self.out = BufWriter::with_capacity(64 * 1024, open(self.path.as_deref())?);
         }
         Ok(())
+    }
+
+    /// Writes one `request` record as a JSON line (see [`json`]).
+    pub fn write_request(&mut self, record: &records::RequestRecord<'_>) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.line.clear();
+        record.write_json(&mut self.line);
+        self.line.push(b'\n');
+        let r = self.out.write_all(&self.line);
+        self.check(r)
     }
 
     /// Writes one record as a JSON line.

@@ -2,10 +2,11 @@
 pub mod cgroup;
 pub mod event;
 pub mod procscan;
+mod ring;
 pub mod tracefs;
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     path::PathBuf,
     time::Duration,
 };
@@ -105,6 +106,8 @@ pub enum ProbeError {
     Map(#[from] aya::maps::MapError),
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
+    #[error("mapping the ring buffer: {0}")]
+    MapRing(std::io::Error),
     #[error("polling the ring buffer: {0}")]
     Poll(std::io::Error),
 }
@@ -143,7 +146,9 @@ pub fn check_privileges() -> Result<(), ProbeError> {
 pub struct Probe {
     // Keeps the programs and their links alive.
     _ebpf: Ebpf,
-    ring: RingBuf<MapData>,
+    /// Owns the ring's fd (polled for wake-ups); records are read through `reader`.
+    _ring: RingBuf<MapData>,
+    reader: ring::Reader,
     lost: PerCpuArray<MapData, u64>,
     targets: BpfHashMap<MapData, u32, u8>,
     conns: BpfHashMap<MapData, ConnKey, u64>,
@@ -209,13 +214,16 @@ impl Probe {
             ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
         };
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        let reader = ring::Reader::new(ring.as_fd(), cost_probe_common::RING_BYTES as usize)
+            .map_err(ProbeError::MapRing)?;
         let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let targets = BpfHashMap::try_from(take(&mut ebpf, "TARGETS")?)?;
         let conns = BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?;
         let pending = BpfHashMap::try_from(take(&mut ebpf, "PENDING")?)?;
         Ok(Self {
             _ebpf: ebpf,
-            ring,
+            _ring: ring,
+            reader,
             lost,
             targets,
             conns,
@@ -298,37 +306,22 @@ impl Probe {
         let _ = self.conns.remove(&key);
     }
 
-    /// Waits up to `timeout` for the kernel to signal a batch, then hands every waiting record
-    /// to `f`. Returns the number of records. The kernel wakes us only once a batch has built
-    /// up, so callers poll on a short timer too.
+    /// Waits up to `timeout` for the kernel to signal that the ring is filling, then hands every
+    /// waiting record to `f`. Returns the number of records. The kernel wakes us only when a
+    /// large batch has built up, so callers call this on a short timer.
     pub fn poll(
         &mut self,
         timeout: Duration,
-        mut f: impl FnMut(&[u8]),
+        f: impl FnMut(&[u8]),
     ) -> Result<usize, ProbeError> {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-        if rc < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(ProbeError::Poll(err));
-            }
+        if !timeout.is_zero() {
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            self.reader.wait(ms).map_err(ProbeError::Poll)?;
         }
         if let Some(logger) = self.logger.as_mut() {
             logger.flush();
         }
-        let mut n = 0;
-        while let Some(item) = self.ring.next() {
-            f(&item);
-            n += 1;
-        }
-        Ok(n)
+        Ok(self.reader.drain(f))
     }
 
     /// Records dropped in the kernel since the last call (ring buffer full).

@@ -120,23 +120,28 @@ fn offset_of(fields: &[Field], name: &str, tp: &str) -> Result<u32, ProbeError> 
 }
 
 /// Reads the offsets the kernel side needs and checks that every syscall tracepoint we attach
-/// has the shared layout (8-byte arguments from `enter_args`, `ret` at `exit_ret`).
+/// has the layout the kernel side is compiled with ([`TpOffsets::SYSCALLS`]: 8-byte arguments
+/// from `enter_args`, `ret` at `exit_ret`).
 pub fn offsets(root: &Path, enter: &[&str], exit: &[&str]) -> Result<TpOffsets, ProbeError> {
     let read = read_fields(root, "syscalls", "sys_enter_read")?;
     let enter_nr = offset_of(&read, "__syscall_nr", "syscalls/sys_enter_read")?;
     let enter_args = offset_of(&read, "fd", "syscalls/sys_enter_read")?;
-    if enter_args != enter_nr + 8 {
-        // The kernel side reads the number and the first argument in one 16-byte read.
-        return Err(ProbeError::Format {
-            path: PathBuf::from("syscalls/sys_enter_read"),
-            why: format!("first argument at {enter_args}, expected __syscall_nr ({enter_nr}) + 8"),
-        });
-    }
     let exit_ret = offset_of(
         &read_fields(root, "syscalls", "sys_exit_read")?,
         "ret",
         "syscalls/sys_exit_read",
     )?;
+    let want = TpOffsets::SYSCALLS;
+    if (enter_nr, enter_args, exit_ret) != (want.enter_nr, want.enter_args, want.exit_ret) {
+        return Err(ProbeError::Format {
+            path: PathBuf::from("syscalls/sys_enter_read"),
+            why: format!(
+                "this kernel's syscall records have __syscall_nr at {enter_nr}, arguments from \
+                 {enter_args}, ret at {exit_ret}; cost-probe's eBPF side is built for {}, {}, {}",
+                want.enter_nr, want.enter_args, want.exit_ret
+            ),
+        });
+    }
     let fork_child_pid = offset_of(
         &read_fields(root, "sched", "sched_process_fork")?,
         "child_pid",

@@ -145,6 +145,9 @@ pub struct Stats {
 #[derive(Default)]
 pub struct SpanBuilder {
     conns: HashMap<ConnId, Conn>,
+    /// Connections closed by their process's exit (no `close(2)` seen), for the caller to drop
+    /// from the kernel's connection table.
+    ended_by_exit: Vec<ConnId>,
     next_id: u64,
     limits: Limits,
     pub stats: Stats,
@@ -157,6 +160,11 @@ impl SpanBuilder {
             limits,
             ..Self::default()
         }
+    }
+
+    /// Connections that ended with their process (see `ended_by_exit`).
+    pub fn take_ended_by_exit(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.ended_by_exit)
     }
 
     /// Connections currently tracked.
@@ -220,6 +228,7 @@ impl SpanBuilder {
                 for k in gone {
                     if let Some(mut c) = self.conns.remove(&k) {
                         c.close(k, ts, true, out);
+                        self.ended_by_exit.push(k);
                     }
                 }
             }

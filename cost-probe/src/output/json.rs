@@ -1,0 +1,307 @@
+//! The `request` record written without serde's generic machinery.
+//!
+//! One request record is written per request, so under a tiny-response load its serialization
+//! was the largest part of the agent's CPU (~40% in `perf`: an escape scan of every key, a
+//! `fmt::Display` round per socket address, a copy call per punctuation byte). This writer emits
+//! keys as literals, numbers through itoa and serde_json's own float formatting, and escapes only
+//! strings that need it (with serde_json). Its output is byte-for-byte what
+//! `serde_json::to_writer` makes of the same [`RequestRecord`] (a property test holds it to that),
+//! and the serde derive stays the schema's reference. Every other record is rare and goes
+//! through serde.
+use std::{io::Write as _, net::SocketAddr};
+
+use super::records::{Kind, RequestRecord};
+use crate::spans::Protocol;
+
+#[inline]
+fn lit(out: &mut Vec<u8>, s: &'static str) {
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A JSON string: copied as is when nothing in it needs escaping.
+#[inline]
+fn string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+#[inline]
+fn uint(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// serde_json's formatting (shortest round-trip digits; `null` when not finite).
+#[inline]
+fn float(out: &mut Vec<u8>, v: f64) {
+    let _ = serde_json::to_writer(&mut *out, &v);
+}
+
+fn addr(out: &mut Vec<u8>, a: &SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            let [a, b, c, d] = v4.ip().octets();
+            out.push(b'"');
+            for (i, o) in [a, b, c, d].into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                uint(out, o);
+            }
+            out.push(b':');
+            uint(out, v4.port());
+            out.push(b'"');
+        }
+        // Display writes no character that needs escaping.
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "\"{a}\"");
+        }
+    }
+}
+
+const fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Request => "\"request\"",
+        Kind::Interval => "\"interval\"",
+        Kind::Lost => "\"lost\"",
+        Kind::Alert => "\"alert\"",
+        Kind::Summary => "\"summary\"",
+    }
+}
+
+const fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http1 => "\"http1\"",
+        Protocol::Tcp => "\"tcp\"",
+        Protocol::Http2 => "\"http2\"",
+    }
+}
+
+impl RequestRecord<'_> {
+    /// Appends the record as one JSON object (no newline).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        lit(out, "{\"v\":");
+        uint(out, self.v);
+        lit(out, ",\"type\":");
+        lit(out, kind_name(self.kind));
+        lit(out, ",\"start\":\"");
+        out.extend_from_slice(self.start.as_str().as_bytes());
+        lit(out, "\",\"end\":\"");
+        out.extend_from_slice(self.end.as_str().as_bytes());
+        lit(out, "\",\"duration_ms\":");
+        float(out, self.duration_ms);
+        lit(out, ",\"pid\":");
+        uint(out, self.pid);
+        lit(out, ",\"comm\":");
+        string(out, self.comm);
+        lit(out, ",\"conn\":{");
+        if let Some(a) = &self.conn.local {
+            lit(out, "\"local\":");
+            addr(out, a);
+        }
+        if let Some(a) = &self.conn.peer {
+            lit(out, if self.conn.local.is_some() { ",\"peer\":" } else { "\"peer\":" });
+            addr(out, a);
+        }
+        lit(out, "},\"protocol\":");
+        lit(out, protocol_name(self.protocol));
+        if let Some(h) = &self.http {
+            lit(out, ",\"http\":{\"method\":");
+            string(out, h.method);
+            lit(out, ",\"path\":");
+            string(out, h.path);
+            if let Some(s) = h.status {
+                lit(out, ",\"status\":");
+                uint(out, s);
+            }
+            out.push(b'}');
+        }
+        lit(out, ",\"bytes\":{\"in\":");
+        uint(out, self.bytes.input);
+        lit(out, ",\"out\":");
+        uint(out, self.bytes.out);
+        out.push(b'}');
+        if let Some(v) = self.ttfb_ms {
+            lit(out, ",\"ttfb_ms\":");
+            float(out, v);
+        }
+        if let Some(v) = self.first_chunk_ms {
+            lit(out, ",\"first_chunk_ms\":");
+            float(out, v);
+        }
+        if let Some(v) = self.chunks {
+            lit(out, ",\"chunks\":");
+            uint(out, v);
+        }
+        if let Some(m) = self.model {
+            lit(out, ",\"model\":");
+            string(out, m);
+        }
+        if let Some(t) = &self.tokens {
+            lit(out, ",\"tokens\":{");
+            if let Some(p) = t.prompt {
+                lit(out, "\"prompt\":");
+                uint(out, p);
+            }
+            if let Some(c) = t.completion {
+                lit(out, if t.prompt.is_some() { ",\"completion\":" } else { "\"completion\":" });
+                uint(out, c);
+            }
+            out.push(b'}');
+        }
+        if let Some(e) = &self.energy_j {
+            lit(out, ",\"energy_j\":{\"gpu\":");
+            float(out, e.gpu);
+            lit(out, ",\"cpu\":");
+            float(out, e.cpu);
+            lit(out, ",\"dram\":");
+            float(out, e.dram);
+            lit(out, ",\"total\":");
+            float(out, e.total);
+            out.push(b'}');
+        }
+        if let Some(c) = &self.cost_usd {
+            lit(out, ",\"cost_usd\":{\"energy\":");
+            float(out, c.energy);
+            lit(out, ",\"capacity\":");
+            float(out, c.capacity);
+            lit(out, ",\"total\":");
+            float(out, c.total);
+            out.push(b'}');
+        }
+        if let Some(v) = self.co2_g {
+            lit(out, ",\"co2_g\":");
+            float(out, v);
+        }
+        if let Some(v) = self.usd_per_1k_tokens {
+            lit(out, ",\"usd_per_1k_tokens\":");
+            float(out, v);
+        }
+        if !self.tags.is_empty() {
+            lit(out, ",\"tags\":{");
+            for (i, (k, v)) in self.tags.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(out, k);
+                out.push(b':');
+                string(out, v);
+            }
+            out.push(b'}');
+        }
+        lit(out, ",\"flags\":[");
+        for (i, f) in self.flags.as_slice().iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(out, f);
+        }
+        lit(out, "]}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{borrow::Cow, collections::BTreeMap};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        attribution::EnergyJoules,
+        output::{
+            SecondCache, WallClock,
+            records::{Bytes, Conn, FlagList, Http, Tokens},
+        },
+        pricing::CostUsd,
+    };
+
+    fn addr_strategy() -> impl Strategy<Value = Option<SocketAddr>> {
+        prop_oneof![
+            Just(None),
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| Some(SocketAddr::from((ip, p)))),
+            (any::<[u16; 8]>(), any::<u16>()).prop_map(|(ip, p)| Some(SocketAddr::from((ip, p)))),
+        ]
+    }
+
+    fn float_strategy() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(0.0),
+            0.0..1e6f64,
+            any::<f64>(), // NaN and infinities included: serde_json writes null
+        ]
+    }
+
+    /// Strings with quotes, backslashes, control bytes and non-ASCII mixed in.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "[a-z/?=._-]{1,12}", any::<String>(), "[\"\\\\\\x00-\\x1f é😀]{0,6}"]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn same_bytes_as_serde_json(
+            start in 0u64..4_000_000_000_000_000_000,
+            dur in 0u64..10_000_000_000,
+            pid in any::<u32>(),
+            comm in text(),
+            local in addr_strategy(),
+            peer in addr_strategy(),
+            proto in 0u8..3,
+            http in proptest::option::of((text(), text(), proptest::option::of(any::<u16>()))),
+            bytes in (any::<u64>(), any::<u64>()),
+            ttfb in proptest::option::of(float_strategy()),
+            first_chunk in proptest::option::of(float_strategy()),
+            chunks in proptest::option::of(any::<u32>()),
+            model in proptest::option::of(text()),
+            tokens in proptest::option::of((proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>()))),
+            energy in proptest::option::of(proptest::array::uniform4(float_strategy())),
+            cost in proptest::option::of(proptest::array::uniform3(float_strategy())),
+            co2 in proptest::option::of(float_strategy()),
+            per_1k in proptest::option::of(float_strategy()),
+            tags in proptest::collection::btree_map(text(), text(), 0..4),
+            nflags in 0usize..4,
+        ) {
+            let clock = WallClock::fixed(1_700_000_000_000_000_000);
+            let mut cache = SecondCache::default();
+            let rec = RequestRecord {
+                v: 1,
+                kind: Kind::Request,
+                start: clock.stamp(start, &mut cache),
+                end: clock.stamp(start + dur, &mut cache),
+                duration_ms: dur as f64 / 1e6,
+                pid,
+                comm: &comm,
+                conn: Conn { local, peer },
+                protocol: [Protocol::Http1, Protocol::Tcp, Protocol::Http2][usize::from(proto)],
+                http: http.as_ref().map(|(m, p, s)| Http { method: m, path: p, status: *s }),
+                bytes: Bytes { input: bytes.0, out: bytes.1 },
+                ttfb_ms: ttfb,
+                first_chunk_ms: first_chunk,
+                chunks,
+                model: model.as_deref(),
+                tokens: tokens.map(|(prompt, completion)| Tokens { prompt, completion }),
+                energy_j: energy.map(|[gpu, cpu, dram, total]| EnergyJoules { gpu, cpu, dram, total }),
+                cost_usd: cost.map(|[energy, capacity, total]| CostUsd { energy, capacity, total }),
+                co2_g: co2,
+                usd_per_1k_tokens: per_1k,
+                tags: Cow::Owned(tags.into_iter().collect::<BTreeMap<_, _>>()),
+                flags: {
+                    let mut f = FlagList::default();
+                    f.extend(["partial", "estimated_cpu", "streamed"].into_iter().take(nflags));
+                    f
+                },
+            };
+            let mut ours = Vec::new();
+            rec.write_json(&mut ours);
+            let theirs = serde_json::to_vec(&rec).unwrap();
+            prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
+        }
+    }
+}
