@@ -121,41 +121,6 @@ pub struct ConnKey {
 }
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 
-/// How a saved syscall buffer argument is laid out ([`Pending::shape`]).
-pub mod shape {
-    /// `(void *buf, size_t len)`
-    pub const BUF: u16 = 0;
-    /// `(struct iovec *iov, int iovcnt)`
-    pub const IOV: u16 = 1;
-    /// `(struct user_msghdr *msg)`
-    pub const MSG: u16 = 2;
-    /// sendfile: no user buffer.
-    pub const NONE: u16 = 3;
-    /// `(struct sockaddr *addr, int *addrlen)` of accept/accept4.
-    pub const ACCEPT: u16 = 4;
-    /// Consumed: the entry stays in the map (one per thread) and is overwritten in place by the
-    /// next enter, which is much cheaper than a delete and an insert on every syscall.
-    pub const EMPTY: u16 = 0xffff;
-}
-
-/// Syscall arguments saved at enter (keyed by `pid_tgid`) and consumed at exit. Userspace seeds
-/// it at attach for threads already blocked in a syscall (from `/proc/PID/task/TID/syscall`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pending {
-    pub conn_id: u64,
-    pub buf: u64,
-    pub iovcnt: u64,
-    pub fd: i32,
-    /// A [`shape`] constant.
-    pub shape: u16,
-    /// An [`EventKind`].
-    pub kind: u16,
-    pub nr: u32,
-    pub pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<Pending>() == 40);
-
 /// Tracepoint field offsets read from tracefs `format` files by userspace. The `syscalls:*`
 /// layout is compiled into the kernel side as [`TpOffsets::SYSCALLS`] (direct context loads need
 /// constant offsets, and a helper call per argument costs more than the rest of the filter):
@@ -166,12 +131,11 @@ const _: () = assert!(core::mem::size_of::<Pending>() == 40);
 pub struct TpOffsets {
     /// Offset of the first syscall argument in `syscalls:sys_enter_*` records.
     pub enter_args: u32,
-    /// Offset of `ret` in `syscalls:sys_exit_*` records.
-    pub exit_ret: u32,
     /// Offset of `child_pid` in `sched:sched_process_fork`.
     pub fork_child_pid: u32,
     /// Offset of `__syscall_nr` in `syscalls:sys_enter_*` records.
     pub enter_nr: u32,
+    pub pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 16);
 
@@ -180,9 +144,9 @@ impl TpOffsets {
     /// the kernel side is compiled with.
     pub const SYSCALLS: Self = Self {
         enter_args: 16,
-        exit_ret: 16,
         fork_child_pid: 44,
         enter_nr: 8,
+        pad: 0,
     };
 }
 
@@ -199,5 +163,4 @@ mod pod {
     // (checked by the size assertions above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::TpOffsets {}
-    unsafe impl aya::Pod for super::Pending {}
 }

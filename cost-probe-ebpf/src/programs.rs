@@ -1,12 +1,12 @@
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use cost_probe_common::{
@@ -18,7 +18,8 @@ const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// Tracepoint field offsets, written by userspace before load (from tracefs `format` files).
+/// Tracepoint field offsets, written by userspace before load (from tracefs `format` files); the
+/// `syscalls:*` ones are compiled in and checked by userspace instead (see `ctx_u64`).
 #[unsafe(no_mangle)]
 static OFFSETS: TpOffsets = TpOffsets::SYSCALLS;
 
@@ -33,50 +34,12 @@ static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 static CONNS: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
-/// Syscall arguments saved at enter, keyed by pid_tgid, consumed at exit.
-#[map]
-static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
-
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// Records dropped because the ring buffer was full, per CPU; userspace sums and reports them.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-use cost_probe_common::{
-    Pending,
-    shape::{
-        ACCEPT as SHAPE_ACCEPT, BUF as SHAPE_BUF, EMPTY as SHAPE_EMPTY, IOV as SHAPE_IOV,
-        MSG as SHAPE_MSG, NONE as SHAPE_NONE,
-    },
-};
-
-/// Saves a syscall's arguments for its exit, in place when the thread already has an entry.
-#[inline(always)]
-fn save_pending(pid_tgid: u64, p: &Pending) -> Result<(), u32> {
-    match PENDING.get_ptr_mut(&pid_tgid) {
-        // SAFETY: the pointer is to this thread's own entry; only this thread writes it.
-        Some(slot) => unsafe { *slot = *p },
-        None => PENDING.insert(&pid_tgid, p, 0).map_err(|_| 1u32)?,
-    }
-    Ok(())
-}
-
-/// Takes this thread's saved arguments, leaving the entry marked consumed.
-#[inline(always)]
-fn take_pending(pid_tgid: u64) -> Option<Pending> {
-    let slot = PENDING.get_ptr_mut(&pid_tgid)?;
-    // SAFETY: as in save_pending.
-    unsafe {
-        if (*slot).shape == SHAPE_EMPTY {
-            return None;
-        }
-        let p = *slot;
-        (*slot).shape = SHAPE_EMPTY;
-        Some(p)
-    }
-}
 
 #[inline(always)]
 fn offsets() -> TpOffsets {
@@ -96,29 +59,17 @@ fn ctx_u64<const OFF: usize>(ctx: &TracePointContext) -> u64 {
 
 const SYS_NR: usize = TpOffsets::SYSCALLS.enter_nr as usize;
 const SYS_ARGS: usize = TpOffsets::SYSCALLS.enter_args as usize;
-const SYS_RET: usize = TpOffsets::SYSCALLS.exit_ret as usize;
 
-/// The `i`th syscall argument (`syscalls:sys_enter_*`).
+/// The first syscall argument (`syscalls:sys_enter_*`).
 #[inline(always)]
-fn arg<const I: usize>(ctx: &TracePointContext) -> u64 {
-    const { assert!(I < 3, "only the first three arguments are used") };
-    match I {
-        0 => ctx_u64::<SYS_ARGS>(ctx),
-        1 => ctx_u64::<{ SYS_ARGS + 8 }>(ctx),
-        _ => ctx_u64::<{ SYS_ARGS + 16 }>(ctx),
-    }
+fn arg0(ctx: &TracePointContext) -> u64 {
+    ctx_u64::<SYS_ARGS>(ctx)
 }
 
 /// `__syscall_nr` (`syscalls:sys_enter_*`; an `int` in the low half of its 8-byte slot).
 #[inline(always)]
 fn syscall_nr(ctx: &TracePointContext) -> u32 {
     ctx_u64::<SYS_NR>(ctx) as u32
-}
-
-/// `ret` (`syscalls:sys_exit_*`).
-#[inline(always)]
-fn syscall_ret(ctx: &TracePointContext) -> i64 {
-    ctx_u64::<SYS_RET>(ctx) as i64
 }
 
 #[inline(always)]
@@ -162,41 +113,87 @@ fn header(pid_tgid: u64, fd: i32, conn_id: u64, kind: EventKind, nr: u32) -> Eve
 }
 
 // ---------------------------------------------------------------------------------------------
-// Data syscalls. Enter saves the buffer argument when the fd is a traced connection; exit copies
-// the head and tail of what was actually transferred (`ret` bytes).
+// Syscall exits: one BTF tracepoint on `sys_exit` for data and accepts. At exit the task's saved
+// user registers still hold the syscall's number and arguments (only the return value register
+// is replaced), so nothing is saved at enter: no per-thread table, no enter program on the hot
+// path, and a syscall that was already blocked when we attached is seen like any other.
 // ---------------------------------------------------------------------------------------------
 
-/// Saves the buffer arguments of a data syscall on a traced connection. No target check first:
-/// `CONNS` holds only the targets' connections (userspace removes a process's entries when it
-/// exits), so one lookup both filters and finds the connection.
+#[cfg(not(bpf_target_arch = "x86_64"))]
+compile_error!(
+    "the sys_exit program reads x86-64 registers and syscall numbers; other architectures are not supported yet"
+);
+
+/// x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const ACCEPT: u64 = 43;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const ACCEPT4: u64 = 288;
+}
+
+/// How a data syscall's buffer argument is laid out.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// `(fd, buf, len)`
+    Buf,
+    /// `(fd, iov, iovcnt)`
+    Iov,
+    /// `(fd, struct user_msghdr *, flags)`
+    Msg,
+    /// `sendfile(out_fd, in_fd, ...)`: no payload to copy.
+    None,
+}
+
+/// The syscall's arguments, from the registers saved at entry.
+struct Args {
+    nr: u64,
+    a0: u64,
+    a1: u64,
+    a2: u64,
+}
+
 #[inline(always)]
-fn enter_io(ctx: &TracePointContext, kind: EventKind, shape: u16) -> Result<u32, u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let fd = arg::<0>(ctx) as i32;
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd: fd as u32,
+fn args(regs: *const pt_regs) -> Args {
+    // SAFETY: `regs` is the tracepoint's BTF-typed `struct pt_regs *` argument; the verifier
+    // checks each load against vmlinux BTF and turns it into a fault-safe kernel load.
+    unsafe {
+        Args {
+            nr: (*regs).orig_rax,
+            a0: (*regs).rdi,
+            a1: (*regs).rsi,
+            a2: (*regs).rdx,
+        }
+    }
+}
+
+/// `raw_syscalls:sys_exit(struct pt_regs *regs, long ret)` as a BTF tracepoint.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let a = args(regs);
+    let r = match a.nr {
+        nr::READ | nr::RECVFROM => data(&a, ret, EventKind::Read, Shape::Buf),
+        nr::WRITE | nr::SENDTO => data(&a, ret, EventKind::Write, Shape::Buf),
+        nr::READV => data(&a, ret, EventKind::Read, Shape::Iov),
+        nr::WRITEV => data(&a, ret, EventKind::Write, Shape::Iov),
+        nr::RECVMSG => data(&a, ret, EventKind::Read, Shape::Msg),
+        nr::SENDMSG => data(&a, ret, EventKind::Write, Shape::Msg),
+        nr::SENDFILE => data(&a, ret, EventKind::Write, Shape::None),
+        nr::ACCEPT | nr::ACCEPT4 => accept(&ctx, &a, ret),
+        _ => Ok(0),
     };
-    // SAFETY: the value is copied out at once.
-    let Some(conn_id) = (unsafe { CONNS.get(&key) }).copied() else {
-        return Ok(0);
-    };
-    let (buf, iovcnt) = match shape {
-        SHAPE_NONE => (0, 0),
-        _ => (arg::<1>(ctx), arg::<2>(ctx)),
-    };
-    let pending = Pending {
-        conn_id,
-        buf,
-        iovcnt,
-        fd,
-        shape,
-        kind: kind as u16,
-        nr: syscall_nr(ctx),
-        pad: 0,
-    };
-    save_pending(pid_tgid, &pending)?;
-    Ok(0)
+    match r {
+        Ok(r) | Err(r) => r,
+    }
 }
 
 /// Copies `[0, min(len, HEAD_LEN))` of `src` into the head.
@@ -276,19 +273,24 @@ fn copy_iov(ev: &mut DataEvent, iov: u64, iovcnt: u64, len: u64) {
     }
 }
 
+/// A data syscall on a traced connection: the head and tail of what was transferred (`ret`
+/// bytes). No target check first: `CONNS` holds only the targets' connections (userspace
+/// removes a process's entries when it exits), so one lookup both filters and finds it.
 #[inline(always)]
-fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(p) = take_pending(pid_tgid) else {
-        return Ok(0);
-    };
-    if p.shape == SHAPE_ACCEPT {
-        return Ok(0); // left over from an accept seeded at attach that had already returned
-    }
-    let ret = syscall_ret(ctx);
+fn data(a: &Args, ret: i64, kind: EventKind, shape: Shape) -> Result<u32, u32> {
     if ret <= 0 {
         return Ok(0);
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = a.a0 as i32;
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: fd as u32,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(conn_id) = (unsafe { CONNS.get(&key) }).copied() else {
+        return Ok(0);
+    };
     let len = ret as u64;
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count_lost();
@@ -297,142 +299,41 @@ fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: the reservation is sized for a DataEvent; every field is written before submit
     // except the payload bytes beyond head_len/tail_len, which userspace never reads.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.hdr = header(
-        pid_tgid,
-        p.fd,
-        p.conn_id,
-        if p.kind == EventKind::Read as u16 {
-            EventKind::Read
-        } else {
-            EventKind::Write
-        },
-        p.nr,
-    );
+    ev.hdr = header(pid_tgid, fd, conn_id, kind, a.nr as u32);
     ev.len = len;
     ev.head_len = 0;
     ev.tail_len = 0;
     ev.pad = 0;
-    match p.shape {
-        SHAPE_BUF => {
-            copy_head(ev, p.buf, len);
+    match shape {
+        Shape::Buf => {
+            copy_head(ev, a.a1, len);
             if len > HEAD_LEN as u64 {
-                copy_tail(ev, p.buf + len, len - HEAD_LEN as u64);
+                copy_tail(ev, a.a1 + len, len - HEAD_LEN as u64);
             }
         }
-        SHAPE_IOV => copy_iov(ev, p.buf, p.iovcnt, len),
-        SHAPE_MSG => {
+        Shape::Iov => copy_iov(ev, a.a1, a.a2, len),
+        Shape::Msg => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (user ABI on 64-bit).
             // SAFETY: user memory through the helper.
-            if let Ok(m) = unsafe { bpf_probe_read_user((p.buf + 16) as *const [u64; 2]) } {
+            if let Ok(m) = unsafe { bpf_probe_read_user((a.a1 + 16) as *const [u64; 2]) } {
                 copy_iov(ev, m[0], m[1], len);
             }
         }
-        _ => {}
+        Shape::None => {}
     }
     entry.submit(wakeup_flag(core::mem::size_of::<DataEvent>()));
     Ok(0)
 }
 
-macro_rules! enter_prog {
-    ($name:ident, $kind:expr, $shape:expr) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            match enter_io(&ctx, $kind, $shape) {
-                Ok(r) | Err(r) => r,
-            }
-        }
-    };
-}
-
-// syscalls:sys_enter_read / sys_enter_recvfrom:
-//   int __syscall_nr; unsigned int fd; char *buf; size_t count; ...
-enter_prog!(enter_read, EventKind::Read, SHAPE_BUF);
-// syscalls:sys_enter_readv: unsigned long fd; const struct iovec *vec; unsigned long vlen
-enter_prog!(enter_readv, EventKind::Read, SHAPE_IOV);
-// syscalls:sys_enter_recvmsg: int fd; struct user_msghdr *msg; unsigned int flags
-enter_prog!(enter_recvmsg, EventKind::Read, SHAPE_MSG);
-// syscalls:sys_enter_write / sys_enter_sendto: unsigned int fd; const char *buf; size_t count
-enter_prog!(enter_write, EventKind::Write, SHAPE_BUF);
-// syscalls:sys_enter_writev: unsigned long fd; const struct iovec *vec; unsigned long vlen
-enter_prog!(enter_writev, EventKind::Write, SHAPE_IOV);
-// syscalls:sys_enter_sendmsg: int fd; struct user_msghdr *msg; unsigned int flags
-enter_prog!(enter_sendmsg, EventKind::Write, SHAPE_MSG);
-// syscalls:sys_enter_sendfile64: int out_fd; int in_fd; loff_t *offset; size_t count
-enter_prog!(enter_sendfile, EventKind::Write, SHAPE_NONE);
-
-/// syscalls:sys_exit_{read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,sendfile64}:
-///   int __syscall_nr; long ret
-#[tracepoint]
-pub fn exit_io_prog(ctx: TracePointContext) -> u32 {
-    match exit_io(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Connections.
-// ---------------------------------------------------------------------------------------------
-
-/// syscalls:sys_enter_accept / sys_enter_accept4:
-///   int fd; struct sockaddr *upeer_sockaddr; int *upeer_addrlen; (int flags)
-#[tracepoint]
-pub fn enter_accept(ctx: TracePointContext) -> u32 {
-    match try_enter_accept(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_target((pid_tgid >> 32) as u32) {
-        return Ok(0);
-    }
-    let pending = Pending {
-        conn_id: 0,
-        buf: arg::<1>(ctx),
-        iovcnt: 0,
-        fd: arg::<0>(ctx) as i32,
-        shape: SHAPE_ACCEPT,
-        kind: EventKind::Accept as u16,
-        nr: syscall_nr(ctx),
-        pad: 0,
-    };
-    save_pending(pid_tgid, &pending)?;
-    Ok(0)
-}
-
-/// syscalls:sys_exit_accept / sys_exit_accept4: int __syscall_nr; long ret (the new fd)
-#[tracepoint]
-pub fn exit_accept(ctx: TracePointContext) -> u32 {
-    match try_exit_accept(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let p = match take_pending(pid_tgid) {
-        Some(p) => p,
-        // An accept that was already blocking when we attached (thread-per-connection servers
-        // such as cpp-httplib sit in accept(2)): no saved arguments, so the family is unknown
-        // and userspace classifies the socket.
-        None if is_target((pid_tgid >> 32) as u32) => Pending {
-            conn_id: 0,
-            buf: 0,
-            iovcnt: 0,
-            fd: -1,
-            shape: SHAPE_ACCEPT,
-            kind: EventKind::Accept as u16,
-            nr: 0,
-            pad: 0,
-        },
-        None => return Ok(0),
-    };
-    if p.shape != SHAPE_ACCEPT {
-        return Ok(0);
-    }
-    let ret = syscall_ret(ctx);
+/// accept/accept4 returned a connection: `(listen_fd, struct sockaddr *peer, int *addrlen)`.
+#[inline(always)]
+fn accept(ctx: &BtfTracePointContext, a: &Args, ret: i64) -> Result<u32, u32> {
     if ret < 0 {
+        return Ok(0);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
         return Ok(0);
     }
     // The peer address the kernel just wrote to the caller's buffer tells a TCP (inet) accept
@@ -440,9 +341,9 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     let mut family = 0u16;
     let mut peer_port = 0u16;
     let mut peer_addr = [0u8; 16];
-    if p.buf != 0 {
+    if a.a1 != 0 {
         // SAFETY: user memory through the helper.
-        if let Ok(sa) = unsafe { bpf_probe_read_user(p.buf as *const [u8; 24]) } {
+        if let Ok(sa) = unsafe { bpf_probe_read_user(a.a1 as *const [u8; 24]) } {
             family = u16::from_ne_bytes([sa[0], sa[1]]);
             peer_port = u16::from_be_bytes([sa[2], sa[3]]);
             if family == AF_INET {
@@ -455,7 +356,6 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     if family == AF_UNIX || (family != 0 && family != AF_INET && family != AF_INET6) {
         return Ok(0);
     }
-    let tgid = (pid_tgid >> 32) as u32;
     let key = ConnKey {
         tgid,
         fd: ret as u32,
@@ -474,15 +374,26 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     };
     entry.write(ConnEvent {
-        hdr: header(pid_tgid, ret as i32, conn_id, EventKind::Accept, p.nr),
+        hdr: header(
+            pid_tgid,
+            ret as i32,
+            conn_id,
+            EventKind::Accept,
+            a.nr as u32,
+        ),
         family,
         peer_port,
-        listen_fd: p.fd,
+        listen_fd: a.a0 as i32,
         peer_addr,
     });
     entry.submit(wakeup_flag(core::mem::size_of::<ConnEvent>()));
     Ok(0)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connections end at close's *enter*: at exit the fd number is already free, and another thread
+// may have been handed it by accept in between.
+// ---------------------------------------------------------------------------------------------
 
 /// syscalls:sys_enter_close: int __syscall_nr; unsigned int fd
 #[tracepoint]
@@ -495,7 +406,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // As in enter_io: the connection lookup is the filter.
-    let fd = arg::<0>(ctx) as u32;
+    let fd = arg0(ctx) as u32;
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
         fd,
@@ -559,8 +470,6 @@ pub fn sched_exit(_ctx: TracePointContext) -> u32 {
 
 fn try_sched_exit() -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // The thread's pending-syscall slot lives until the thread does.
-    let _ = PENDING.remove(&pid_tgid);
     let tid = pid_tgid as u32;
     if !is_target(tid) {
         return Ok(0);

@@ -117,8 +117,11 @@ fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
     let worker = *nginx.workers().first().context("nginx has no worker")?;
     let modes = ["untraced", "bpftrace", "cost-probe"];
     let mut totals = vec![Totals::default(); modes.len()];
+    // Per round and mode: (worker µs/req, tracer µs/req).
+    let mut per_round: Vec<Vec<(f64, f64)>> = Vec::new();
     wrk(nginx.port, 1)?; // warm-up
     for round in 0..rounds {
+        let mut this_round = Vec::new();
         for (m, mode) in modes.iter().enumerate() {
             let tracer: Option<(u32, Box<dyn FnOnce()>)> = match *mode {
                 "bpftrace" => {
@@ -142,12 +145,16 @@ fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
             t.requests += n;
             t.worker_ns += w1 - w0;
             t.tracer_ns += t1 - t0;
-            eprintln!(
-                "round {round} {mode:>10}: {n} requests, worker {:.2} µs/req, tracer {:.2} µs/req",
+            let (w, tr) = (
                 (w1 - w0) as f64 / n as f64 / 1e3,
-                (t1 - t0) as f64 / n as f64 / 1e3
+                (t1 - t0) as f64 / n as f64 / 1e3,
+            );
+            this_round.push((w, tr));
+            eprintln!(
+                "round {round} {mode:>10}: {n} requests, worker {w:.2} µs/req, tracer {tr:.2} µs/req"
             );
         }
+        per_round.push(this_round);
     }
     let per = |t: &Totals, ns: u64| ns as f64 / t.requests as f64 / 1e3;
     let base = per(&totals[0], totals[0].worker_ns);
@@ -165,10 +172,36 @@ fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
             per(t, t.tracer_ns),
         );
     }
+    // The machine's speed drifts between rounds (shared host); a round's modes run back to back,
+    // so each mode compared with the same round's untraced run, median over rounds, is the
+    // figure least moved by that drift.
+    let _ = writeln!(
+        report,
+        "\nper round, against that round's untraced run (median of {rounds} rounds):\n\
+         mode        added µs/req   ratio   tracer µs/req"
+    );
+    for (m, mode) in modes.iter().enumerate().skip(1) {
+        let added = median(per_round.iter().map(|r| r[m].0 - r[0].0).collect());
+        let ratio = median(per_round.iter().map(|r| r[m].0 / r[0].0).collect());
+        let tracer = median(per_round.iter().map(|r| r[m].1).collect());
+        let _ = writeln!(
+            report,
+            "{mode:<10} {added:>14.2} {ratio:>7.3} {tracer:>15.2}"
+        );
+    }
     println!("{report}");
     std::fs::create_dir_all("target/bench")?;
     std::fs::write("target/bench/overhead.txt", &report)?;
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
 }
 
 /// 4 clients at ~500 requests/s each on keep-alive connections replaced every 200 requests.

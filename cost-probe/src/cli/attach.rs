@@ -156,8 +156,9 @@ pub fn trace(args: &AttachArgs, stop: &AtomicBool, ready: Option<&AtomicBool>) -
     ExitCode::SUCCESS
 }
 
-/// Adds the target and its descendants, the connections they already hold, and the syscalls
-/// their threads are blocked in. Returns the tgids added.
+/// Adds the target and its descendants and the connections they already hold (a syscall a
+/// thread is blocked in needs nothing: the exit program reads its arguments from the saved
+/// registers). Returns the tgids added.
 pub fn add_targets(
     probe: &mut Probe,
     pipe: &mut Pipeline,
@@ -179,13 +180,6 @@ pub fn add_targets(
         for (conn, local, peer) in procscan::existing_conns(t, id) {
             probe.add_conn(conn)?;
             pipe.existing_conn(conn, local, peer);
-        }
-        // Threads already blocked in accept/read: seed their syscall's arguments so the
-        // connection or data they return with is not lost.
-        for b in procscan::blocked_threads(t) {
-            if probe.seed_blocked(t, &b)? {
-                log::debug!("seeded blocked syscall {} of thread {}", b.nr, b.tid);
-            }
         }
     }
     Ok(added)

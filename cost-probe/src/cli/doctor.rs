@@ -70,9 +70,10 @@ pub fn tracing() -> TracingReport {
         btf,
         "BTF",
         if btf {
-            "/sys/kernel/btf/vmlinux present"
+            "/sys/kernel/btf/vmlinux present (needed for the BTF tracepoint on sys_exit)"
         } else {
-            "no /sys/kernel/btf/vmlinux (not required: cost-probe uses tracepoints only)"
+            "no /sys/kernel/btf/vmlinux: the sys_exit program is a BTF tracepoint and cannot load \
+             (needs a kernel built with CONFIG_DEBUG_INFO_BTF)"
         },
     ));
     let root = match tracefs::find() {
@@ -113,7 +114,7 @@ pub fn tracing() -> TracingReport {
             item(
                 true,
                 "tracepoints",
-                format!("all {n} syscall and sched tracepoints present"),
+                format!("all {n} tracefs tracepoints present (syscalls:sys_enter_close, sched)"),
             )
         } else {
             item(
@@ -130,7 +131,8 @@ pub fn tracing() -> TracingReport {
         if kprobes {
             "available (not used)"
         } else {
-            "not available on this kernel (not needed: cost-probe uses tracepoints only)"
+            "not available on this kernel (not needed: cost-probe uses tracepoints only, one of \
+             them a BTF tracepoint)"
         },
     ));
     // The decisive check: load and attach the real program, then let it go.
@@ -141,7 +143,7 @@ pub fn tracing() -> TracingReport {
                 item(
                     true,
                     "eBPF probe",
-                    "loaded and attached to every tracepoint, then detached",
+                    "loaded and attached (tp_btf sys_exit and every tracepoint), then detached",
                 )
             }
             Err(e @ ProbeError::NoObject) => item(false, "eBPF probe", e.to_string()),

@@ -3,8 +3,8 @@
 //! One request record is written per request, so under a tiny-response load its serialization
 //! was the largest part of the agent's CPU (~40% in `perf`: an escape scan of every key, a
 //! `fmt::Display` round per socket address, a copy call per punctuation byte). This writer emits
-//! keys as literals, numbers through itoa and serde_json's own float formatting, and escapes only
-//! strings that need it (with serde_json). Its output is byte-for-byte what
+//! keys as literals, numbers through `itoa` and `serde_json`'s own float formatting, and escapes
+//! only strings that need it (with `serde_json`). Its output is byte-for-byte what
 //! `serde_json::to_writer` makes of the same [`RequestRecord`] (a property test holds it to that),
 //! and the serde derive stays the schema's reference. Every other record is rare and goes
 //! through serde.
@@ -37,7 +37,7 @@ fn uint(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// serde_json's formatting (shortest round-trip digits; `null` when not finite).
+/// `serde_json`'s formatting (shortest round-trip digits; `null` when not finite).
 #[inline]
 fn float(out: &mut Vec<u8>, v: f64) {
     let _ = serde_json::to_writer(&mut *out, &v);
@@ -86,6 +86,14 @@ const fn protocol_name(p: Protocol) -> &'static str {
 impl RequestRecord<'_> {
     /// Appends the record as one JSON object (no newline).
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_request(out);
+        self.write_response(out);
+        self.write_price(out);
+        self.write_labels(out);
+    }
+
+    /// From `v` to `http`.
+    fn write_request(&self, out: &mut Vec<u8>) {
         lit(out, "{\"v\":");
         uint(out, self.v);
         lit(out, ",\"type\":");
@@ -106,7 +114,14 @@ impl RequestRecord<'_> {
             addr(out, a);
         }
         if let Some(a) = &self.conn.peer {
-            lit(out, if self.conn.local.is_some() { ",\"peer\":" } else { "\"peer\":" });
+            lit(
+                out,
+                if self.conn.local.is_some() {
+                    ",\"peer\":"
+                } else {
+                    "\"peer\":"
+                },
+            );
             addr(out, a);
         }
         lit(out, "},\"protocol\":");
@@ -122,6 +137,10 @@ impl RequestRecord<'_> {
             }
             out.push(b'}');
         }
+    }
+
+    /// From `bytes` to `tokens`.
+    fn write_response(&self, out: &mut Vec<u8>) {
         lit(out, ",\"bytes\":{\"in\":");
         uint(out, self.bytes.input);
         lit(out, ",\"out\":");
@@ -150,11 +169,22 @@ impl RequestRecord<'_> {
                 uint(out, p);
             }
             if let Some(c) = t.completion {
-                lit(out, if t.prompt.is_some() { ",\"completion\":" } else { "\"completion\":" });
+                lit(
+                    out,
+                    if t.prompt.is_some() {
+                        ",\"completion\":"
+                    } else {
+                        "\"completion\":"
+                    },
+                );
                 uint(out, c);
             }
             out.push(b'}');
         }
+    }
+
+    /// From `energy_j` to `usd_per_1k_tokens`.
+    fn write_price(&self, out: &mut Vec<u8>) {
         if let Some(e) = &self.energy_j {
             lit(out, ",\"energy_j\":{\"gpu\":");
             float(out, e.gpu);
@@ -183,6 +213,10 @@ impl RequestRecord<'_> {
             lit(out, ",\"usd_per_1k_tokens\":");
             float(out, v);
         }
+    }
+
+    /// `tags`, `flags` and the closing brace.
+    fn write_labels(&self, out: &mut Vec<u8>) {
         if !self.tags.is_empty() {
             lit(out, ",\"tags\":{");
             for (i, (k, v)) in self.tags.iter().enumerate() {
@@ -240,7 +274,12 @@ mod tests {
 
     /// Strings with quotes, backslashes, control bytes and non-ASCII mixed in.
     fn text() -> impl Strategy<Value = String> {
-        prop_oneof![Just(String::new()), "[a-z/?=._-]{1,12}", any::<String>(), "[\"\\\\\\x00-\\x1f é😀]{0,6}"]
+        prop_oneof![
+            Just(String::new()),
+            "[a-z/?=._-]{1,12}",
+            any::<String>(),
+            "[\"\\\\\\x00-\\x1f é😀]{0,6}"
+        ]
     }
 
     proptest! {

@@ -1,6 +1,6 @@
 //! Sinks: NDJSON records (stdout or a file) and the wall clock they are stamped with.
-pub mod metrics;
 mod json;
+pub mod metrics;
 pub mod records;
 pub mod summary;
 

@@ -5,73 +5,35 @@ pub mod procscan;
 mod ring;
 pub mod tracefs;
 
-use std::{
-    os::fd::AsFd,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{os::fd::AsFd, path::PathBuf, time::Duration};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
-use cost_probe_common::{ConnKey, EventKind, Pending, TpOffsets, shape};
+use cost_probe_common::{ConnKey, TpOffsets};
 
 pub use self::event::{ConnId, Direction, Event, OwnedEvent};
 
 /// The object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cost-probe"));
 
-/// (program, tracepoints it attaches to). One program serves several syscalls with the same
-/// argument shape.
+/// (program, category, tracepoints it attaches to).
 const PROGRAMS: &[(&str, &str, &[&str])] = &[
-    (
-        "enter_read",
-        "syscalls",
-        &["sys_enter_read", "sys_enter_recvfrom"],
-    ),
-    ("enter_readv", "syscalls", &["sys_enter_readv"]),
-    ("enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
-    (
-        "enter_write",
-        "syscalls",
-        &["sys_enter_write", "sys_enter_sendto"],
-    ),
-    ("enter_writev", "syscalls", &["sys_enter_writev"]),
-    ("enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
-    ("enter_sendfile", "syscalls", &["sys_enter_sendfile64"]),
-    (
-        "exit_io_prog",
-        "syscalls",
-        &[
-            "sys_exit_read",
-            "sys_exit_recvfrom",
-            "sys_exit_readv",
-            "sys_exit_recvmsg",
-            "sys_exit_write",
-            "sys_exit_sendto",
-            "sys_exit_writev",
-            "sys_exit_sendmsg",
-            "sys_exit_sendfile64",
-        ],
-    ),
-    (
-        "enter_accept",
-        "syscalls",
-        &["sys_enter_accept", "sys_enter_accept4"],
-    ),
-    (
-        "exit_accept",
-        "syscalls",
-        &["sys_exit_accept", "sys_exit_accept4"],
-    ),
     ("enter_close", "syscalls", &["sys_enter_close"]),
     ("sched_fork", "sched", &["sched_process_fork"]),
     ("sched_exit", "sched", &["sched_process_exit"]),
 ];
 
-/// Every tracepoint the probe attaches to, as `category/name` (for `doctor`).
+/// The BTF tracepoint program (`tp_btf`) and the raw tracepoint it attaches to: every syscall's
+/// exit, filtered by syscall number first. One raw tracepoint costs the traced process less than
+/// a perf tracepoint per syscall (no record is built for it), and at exit the saved registers
+/// still hold the arguments, so data syscalls need no enter program at all.
+const SYS_EXIT: (&str, &str) = ("sys_exit", "sys_exit");
+
+/// Every tracefs tracepoint the probe attaches to, as `category/name` (for `doctor`; the BTF
+/// tracepoint on `sys_exit` needs vmlinux BTF instead, which `doctor` checks too).
 pub fn tracepoints() -> impl Iterator<Item = (&'static str, &'static str)> {
     PROGRAMS
         .iter()
@@ -93,6 +55,8 @@ pub enum ProbeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF) is needed: {0}")]
+    Btf(String),
     #[error("tracepoint format {path}: {why}")]
     Format { path: PathBuf, why: String },
     #[error("loading the eBPF program: {0}")]
@@ -152,7 +116,6 @@ pub struct Probe {
     lost: PerCpuArray<MapData, u64>,
     targets: BpfHashMap<MapData, u32, u8>,
     conns: BpfHashMap<MapData, ConnKey, u64>,
-    pending: BpfHashMap<MapData, u64, Pending>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     lost_seen: u64,
 }
@@ -167,14 +130,10 @@ impl Probe {
         raise_memlock();
         let root = tracefs::ensure_mounted()?;
         let enter: Vec<&str> = tracepoints()
-            .filter(|(c, tp)| *c == "syscalls" && tp.starts_with("sys_enter"))
+            .filter(|(c, _)| *c == "syscalls")
             .map(|(_, tp)| tp)
             .collect();
-        let exit: Vec<&str> = tracepoints()
-            .filter(|(c, tp)| *c == "syscalls" && tp.starts_with("sys_exit"))
-            .map(|(_, tp)| tp)
-            .collect();
-        let offsets: TpOffsets = tracefs::offsets(&root, &enter, &exit)?;
+        let offsets: TpOffsets = tracefs::offsets(&root, &enter)?;
         log::debug!("tracepoint offsets: {offsets:?}");
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
@@ -210,6 +169,25 @@ impl Probe {
                     })?;
             }
         }
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let (name, tp) = SYS_EXIT;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| ProbeError::Format {
+                path: PathBuf::from(name),
+                why: "program missing from the object".into(),
+            })?
+            .try_into()
+            .map_err(|source| ProbeError::Program {
+                name: name.into(),
+                source,
+            })?;
+        prog.load(tp, &btf)
+            .and_then(|()| prog.attach().map(drop))
+            .map_err(|source| ProbeError::Program {
+                name: format!("{name} → tp_btf:{tp}"),
+                source,
+            })?;
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
         };
@@ -219,7 +197,6 @@ impl Probe {
         let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let targets = BpfHashMap::try_from(take(&mut ebpf, "TARGETS")?)?;
         let conns = BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?;
-        let pending = BpfHashMap::try_from(take(&mut ebpf, "PENDING")?)?;
         Ok(Self {
             _ebpf: ebpf,
             _ring: ring,
@@ -227,7 +204,6 @@ impl Probe {
             lost,
             targets,
             conns,
-            pending,
             logger,
             lost_seen: 0,
         })
@@ -249,54 +225,6 @@ impl Probe {
         Ok(())
     }
 
-    /// Seeds the kernel's pending-syscall table for a thread that was already blocked in a
-    /// syscall when we attached, so its exit is not lost. Returns whether it was relevant.
-    pub fn seed_blocked(&mut self, tgid: u32, s: &procscan::Blocked) -> Result<bool, ProbeError> {
-        let key = (u64::from(tgid) << 32) | u64::from(s.tid);
-        let fd = s.args[0] as i32;
-        let conn_id = || {
-            self.conns
-                .get(
-                    &ConnKey {
-                        tgid,
-                        fd: fd as u32,
-                    },
-                    0,
-                )
-                .ok()
-        };
-        let (shape, kind, conn_id) = match s.nr {
-            n if n == libc::SYS_accept || n == libc::SYS_accept4 => {
-                (shape::ACCEPT, EventKind::Accept, 0)
-            }
-            n if n == libc::SYS_read || n == libc::SYS_recvfrom => match conn_id() {
-                Some(id) => (shape::BUF, EventKind::Read, id),
-                None => return Ok(false),
-            },
-            n if n == libc::SYS_readv => match conn_id() {
-                Some(id) => (shape::IOV, EventKind::Read, id),
-                None => return Ok(false),
-            },
-            n if n == libc::SYS_recvmsg => match conn_id() {
-                Some(id) => (shape::MSG, EventKind::Read, id),
-                None => return Ok(false),
-            },
-            _ => return Ok(false),
-        };
-        let p = Pending {
-            conn_id,
-            buf: s.args[1],
-            iovcnt: s.args[2],
-            fd,
-            shape,
-            kind: kind as u16,
-            nr: s.nr as u32,
-            pad: 0,
-        };
-        self.pending.insert(key, p, 0)?;
-        Ok(true)
-    }
-
     /// Stops tracing a connection the kernel could not classify and userspace found not TCP.
     pub fn forget_conn(&mut self, conn: ConnId) {
         let key = ConnKey {
@@ -309,11 +237,7 @@ impl Probe {
     /// Waits up to `timeout` for the kernel to signal that the ring is filling, then hands every
     /// waiting record to `f`. Returns the number of records. The kernel wakes us only when a
     /// large batch has built up, so callers call this on a short timer.
-    pub fn poll(
-        &mut self,
-        timeout: Duration,
-        f: impl FnMut(&[u8]),
-    ) -> Result<usize, ProbeError> {
+    pub fn poll(&mut self, timeout: Duration, f: impl FnMut(&[u8])) -> Result<usize, ProbeError> {
         if !timeout.is_zero() {
             let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             self.reader.wait(ms).map_err(ProbeError::Poll)?;

@@ -161,12 +161,12 @@ impl Reader {
                 break;
             }
             while cons < prod {
-                // SAFETY: the header is 8-aligned in the mapping and written by the kernel
-                // with atomic stores.
-                let len = unsafe {
-                    &*(self.at(cons, HDR as usize).as_ptr().cast::<AtomicU32>())
-                }
-                .load(Ordering::Acquire);
+                // SAFETY: the header is 8-aligned in the mapping (records are padded to 8
+                // bytes and the data area is page-aligned) and written by the kernel with
+                // atomic stores.
+                #[expect(clippy::cast_ptr_alignment, reason = "ring records are 8-aligned")]
+                let len = unsafe { &*(self.at(cons, HDR as usize).as_ptr().cast::<AtomicU32>()) }
+                    .load(Ordering::Acquire);
                 if len & BUSY != 0 {
                     break 'outer;
                 }
@@ -188,4 +188,3 @@ impl Reader {
         n
     }
 }
-

@@ -120,65 +120,46 @@ fn offset_of(fields: &[Field], name: &str, tp: &str) -> Result<u32, ProbeError> 
 }
 
 /// Reads the offsets the kernel side needs and checks that every syscall tracepoint we attach
-/// has the layout the kernel side is compiled with ([`TpOffsets::SYSCALLS`]: 8-byte arguments
-/// from `enter_args`, `ret` at `exit_ret`).
-pub fn offsets(root: &Path, enter: &[&str], exit: &[&str]) -> Result<TpOffsets, ProbeError> {
-    let read = read_fields(root, "syscalls", "sys_enter_read")?;
-    let enter_nr = offset_of(&read, "__syscall_nr", "syscalls/sys_enter_read")?;
-    let enter_args = offset_of(&read, "fd", "syscalls/sys_enter_read")?;
-    let exit_ret = offset_of(
-        &read_fields(root, "syscalls", "sys_exit_read")?,
-        "ret",
-        "syscalls/sys_exit_read",
-    )?;
+/// has the layout the kernel side is compiled with ([`TpOffsets::SYSCALLS`]: `__syscall_nr` then
+/// 8-byte arguments).
+pub fn offsets(root: &Path, enter: &[&str]) -> Result<TpOffsets, ProbeError> {
     let want = TpOffsets::SYSCALLS;
-    if (enter_nr, enter_args, exit_ret) != (want.enter_nr, want.enter_args, want.exit_ret) {
-        return Err(ProbeError::Format {
-            path: PathBuf::from("syscalls/sys_enter_read"),
-            why: format!(
-                "this kernel's syscall records have __syscall_nr at {enter_nr}, arguments from \
-                 {enter_args}, ret at {exit_ret}; cost-probe's eBPF side is built for {}, {}, {}",
-                want.enter_nr, want.enter_args, want.exit_ret
-            ),
-        });
+    for tp in enter {
+        let fields = read_fields(root, "syscalls", tp)?;
+        let path = || PathBuf::from(format!("syscalls/{tp}"));
+        let nr = offset_of(&fields, "__syscall_nr", tp)?;
+        if nr != want.enter_nr {
+            return Err(ProbeError::Format {
+                path: path(),
+                why: format!(
+                    "`__syscall_nr` at offset {nr}; cost-probe's eBPF side is built for {}",
+                    want.enter_nr
+                ),
+            });
+        }
+        let args = fields.iter().filter(|f| f.offset > nr);
+        for (i, f) in args.enumerate() {
+            let at = want.enter_args + 8 * i as u32;
+            if f.offset != at || f.size != 8 {
+                return Err(ProbeError::Format {
+                    path: path(),
+                    why: format!(
+                        "argument {i} (`{}`) at offset {} size {}; cost-probe's eBPF side is \
+                         built for offset {at} size 8",
+                        f.name, f.offset, f.size
+                    ),
+                });
+            }
+        }
     }
     let fork_child_pid = offset_of(
         &read_fields(root, "sched", "sched_process_fork")?,
         "child_pid",
         "sched/sched_process_fork",
     )?;
-    for tp in enter {
-        let fields = read_fields(root, "syscalls", tp)?;
-        let args: Vec<&Field> = fields.iter().filter(|f| f.offset >= enter_args).collect();
-        for (i, f) in args.iter().enumerate() {
-            if f.offset != enter_args + 8 * i as u32 || f.size != 8 {
-                return Err(ProbeError::Format {
-                    path: PathBuf::from(format!("syscalls/{tp}")),
-                    why: format!(
-                        "argument {i} (`{}`) at offset {} size {}, expected {} size 8",
-                        f.name,
-                        f.offset,
-                        f.size,
-                        enter_args + 8 * i as u32
-                    ),
-                });
-            }
-        }
-    }
-    for tp in exit {
-        let ret = offset_of(&read_fields(root, "syscalls", tp)?, "ret", tp)?;
-        if ret != exit_ret {
-            return Err(ProbeError::Format {
-                path: PathBuf::from(format!("syscalls/{tp}")),
-                why: format!("`ret` at offset {ret}, expected {exit_ret}"),
-            });
-        }
-    }
     Ok(TpOffsets {
-        enter_args,
-        exit_ret,
         fork_child_pid,
-        enter_nr,
+        ..want
     })
 }
 
