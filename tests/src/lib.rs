@@ -248,15 +248,21 @@ impl Attach {
     /// Starts tracing `pid` and waits until the probe is attached.
     #[must_use]
     pub fn start(pid: u32, extra: &[&str]) -> Self {
+        Self::start_with(&bin(), pid, extra)
+    }
+
+    /// As [`Attach::start`], with another build of cost-probe (benchmark A/B runs).
+    #[must_use]
+    pub fn start_with(bin: &std::path::Path, pid: u32, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("records.ndjson");
-        let mut child = Command::new(bin())
+        let mut child = Command::new(bin)
             .args(["attach", "--pid", &pid.to_string(), "--output"])
             .arg(&out)
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin().display()));
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
         let err = child.stderr.take().expect("piped");
         let proc = Proc { child };
         wait_line(err, Duration::from_secs(30), |l| {

@@ -115,7 +115,13 @@ fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
     unsafe { std::env::set_var("COST_PROBE_BIN", "target/release/cost-probe") };
     let nginx = Nginx::start(1, &[("t", b"ok")]);
     let worker = *nginx.workers().first().context("nginx has no worker")?;
-    let modes = ["untraced", "bpftrace", "cost-probe"];
+    // COST_PROBE_BENCH_ALT=path adds a fourth mode, another build of cost-probe, to compare two
+    // versions in one run.
+    let alt = std::env::var_os("COST_PROBE_BENCH_ALT").map(std::path::PathBuf::from);
+    let mut modes = vec!["untraced", "bpftrace", "cost-probe"];
+    if alt.is_some() {
+        modes.push("alt");
+    }
     let mut totals = vec![Totals::default(); modes.len()];
     // Per round and mode: (worker µs/req, tracer µs/req).
     let mut per_round: Vec<Vec<(f64, f64)>> = Vec::new();
@@ -130,6 +136,11 @@ fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
                 }
                 "cost-probe" => {
                     let a = Attach::start(nginx.master.pid(), &[]);
+                    Some((a.pid(), Box::new(move || drop(a.stop()))))
+                }
+                "alt" => {
+                    let bin = alt.as_deref().context("alt mode without a binary")?;
+                    let a = Attach::start_with(bin, nginx.master.pid(), &[]);
                     Some((a.pid(), Box::new(move || drop(a.stop()))))
                 }
                 _ => None,
