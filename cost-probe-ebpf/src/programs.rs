@@ -160,36 +160,48 @@ struct Args {
     a2: u64,
 }
 
-#[inline(always)]
-fn args(regs: *const pt_regs) -> Args {
-    // SAFETY: `regs` is the tracepoint's BTF-typed `struct pt_regs *` argument; the verifier
-    // checks each load against vmlinux BTF and turns it into a fault-safe kernel load.
-    unsafe {
-        Args {
-            nr: (*regs).orig_rax,
-            a0: (*regs).rdi,
-            a1: (*regs).rsi,
-            a2: (*regs).rdx,
-        }
-    }
-}
+/// `__USER_CS`: the task entered the kernel from 64-bit code. A 32-bit task's syscalls use the
+/// ia32 numbering and registers, so the same numbers mean other syscalls there.
+const USER_CS_64: u64 = 0x33;
 
 /// `raw_syscalls:sys_exit(struct pt_regs *regs, long ret)` as a BTF tracepoint.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
     let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: `regs` is the tracepoint's BTF-typed `struct pt_regs *` argument; the verifier
+    // checks each load against vmlinux BTF and turns it into a fault-safe kernel load. Only the
+    // number is read before the filter: most syscalls stop here.
+    let nr = unsafe { (*regs).orig_rax };
+    let shape = match nr {
+        nr::READ | nr::RECVFROM | nr::WRITE | nr::SENDTO => Shape::Buf,
+        nr::READV | nr::WRITEV => Shape::Iov,
+        nr::RECVMSG | nr::SENDMSG => Shape::Msg,
+        nr::SENDFILE | nr::ACCEPT | nr::ACCEPT4 => Shape::None,
+        _ => return 0,
+    };
+    // SAFETY: as above.
+    let (cs, a) = unsafe {
+        (
+            (*regs).cs,
+            Args {
+                nr,
+                a0: (*regs).rdi,
+                a1: (*regs).rsi,
+                a2: (*regs).rdx,
+            },
+        )
+    };
+    if cs != USER_CS_64 {
+        return 0;
+    }
     let ret: i64 = ctx.arg(1);
-    let a = args(regs);
-    let r = match a.nr {
-        nr::READ | nr::RECVFROM => data(&a, ret, EventKind::Read, Shape::Buf),
-        nr::WRITE | nr::SENDTO => data(&a, ret, EventKind::Write, Shape::Buf),
-        nr::READV => data(&a, ret, EventKind::Read, Shape::Iov),
-        nr::WRITEV => data(&a, ret, EventKind::Write, Shape::Iov),
-        nr::RECVMSG => data(&a, ret, EventKind::Read, Shape::Msg),
-        nr::SENDMSG => data(&a, ret, EventKind::Write, Shape::Msg),
-        nr::SENDFILE => data(&a, ret, EventKind::Write, Shape::None),
+    let kind = match nr {
+        nr::READ | nr::RECVFROM | nr::READV | nr::RECVMSG => EventKind::Read,
+        _ => EventKind::Write,
+    };
+    let r = match nr {
         nr::ACCEPT | nr::ACCEPT4 => accept(&ctx, &a, ret),
-        _ => Ok(0),
+        _ => data(&a, ret, kind, shape),
     };
     match r {
         Ok(r) | Err(r) => r,

@@ -329,11 +329,14 @@ fn budget_alert_fires_once_per_threshold() {
     let server = Server::start(cmd, Duration::from_secs(10));
     let agent = Agent::start(dir.path(), &dir.path().join("out.ndjson"), free_port());
     agent.wait_for("tracing pid", Duration::from_secs(5));
+    // The target's CPU time comes from /proc in 10 ms ticks; with 10–29 tokens a request the
+    // whole script sometimes ran between ticks (spend 0, about one run in ten). 40–59 tokens
+    // make it several ticks every time.
     let mut c = Client::connect(server.port);
     for i in 0..20 {
         let body = format!(
             r#"{{"model":"demo-large","max_tokens":{},"stream":true}}"#,
-            10 + i
+            40 + i
         );
         assert_eq!(c.post_json("/v1/chat/completions", &body).status, 200);
     }
@@ -348,7 +351,10 @@ fn budget_alert_fires_once_per_threshold() {
         .iter()
         .map(|a| a["threshold"].as_f64().unwrap())
         .collect();
-    eprintln!("spent ${spent:.9} against a $0.0000002 budget; alerts at {thresholds:?}");
+    eprintln!(
+        "spent ${spent:.9} on {} requests against a $0.0000002 budget; alerts at {thresholds:?}",
+        records.requests().len()
+    );
     let crossed: Vec<f64> = [0.5, 1.0, 2.0]
         .into_iter()
         .filter(|f| spent >= f * 2e-7)

@@ -291,10 +291,22 @@ mod tests {
         ]
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
-        #[test]
-        fn same_bytes_as_serde_json(
+    // Three groups, each boxed: one strategy over all twenty fields overflowed the 2 MiB stack
+    // of a debug-build test thread.
+    #[derive(Debug)]
+    struct Head {
+        start: u64,
+        dur: u64,
+        pid: u32,
+        comm: String,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+        proto: u8,
+        http: Option<(String, String, Option<u16>)>,
+    }
+
+    prop_compose! {
+        fn head()(
             start in 0u64..4_000_000_000_000_000_000,
             dur in 0u64..10_000_000_000,
             pid in any::<u32>(),
@@ -303,46 +315,90 @@ mod tests {
             peer in addr_strategy(),
             proto in 0u8..3,
             http in proptest::option::of((text(), text(), proptest::option::of(any::<u16>()))),
+        ) -> Head {
+            Head { start, dur, pid, comm, local, peer, proto, http }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Body {
+        bytes: (u64, u64),
+        ttfb: Option<f64>,
+        first_chunk: Option<f64>,
+        chunks: Option<u32>,
+        model: Option<String>,
+        tokens: Option<(Option<u64>, Option<u64>)>,
+    }
+
+    prop_compose! {
+        fn body()(
             bytes in (any::<u64>(), any::<u64>()),
             ttfb in proptest::option::of(float_strategy()),
             first_chunk in proptest::option::of(float_strategy()),
             chunks in proptest::option::of(any::<u32>()),
             model in proptest::option::of(text()),
-            tokens in proptest::option::of((proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>()))),
+            tokens in proptest::option::of(
+                (proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>()))
+            ),
+        ) -> Body {
+            Body { bytes, ttfb, first_chunk, chunks, model, tokens }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Price {
+        energy: Option<[f64; 4]>,
+        cost: Option<[f64; 3]>,
+        co2: Option<f64>,
+        per_1k: Option<f64>,
+        tags: BTreeMap<String, String>,
+        nflags: usize,
+    }
+
+    prop_compose! {
+        fn price()(
             energy in proptest::option::of(proptest::array::uniform4(float_strategy())),
             cost in proptest::option::of(proptest::array::uniform3(float_strategy())),
             co2 in proptest::option::of(float_strategy()),
             per_1k in proptest::option::of(float_strategy()),
             tags in proptest::collection::btree_map(text(), text(), 0..4),
             nflags in 0usize..4,
-        ) {
+        ) -> Price {
+            Price { energy, cost, co2, per_1k, tags, nflags }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn same_bytes_as_serde_json(h in head().boxed(), b in body().boxed(), p in price().boxed()) {
             let clock = WallClock::fixed(1_700_000_000_000_000_000);
             let mut cache = SecondCache::default();
             let rec = RequestRecord {
                 v: 1,
                 kind: Kind::Request,
-                start: clock.stamp(start, &mut cache),
-                end: clock.stamp(start + dur, &mut cache),
-                duration_ms: dur as f64 / 1e6,
-                pid,
-                comm: &comm,
-                conn: Conn { local, peer },
-                protocol: [Protocol::Http1, Protocol::Tcp, Protocol::Http2][usize::from(proto)],
-                http: http.as_ref().map(|(m, p, s)| Http { method: m, path: p, status: *s }),
-                bytes: Bytes { input: bytes.0, out: bytes.1 },
-                ttfb_ms: ttfb,
-                first_chunk_ms: first_chunk,
-                chunks,
-                model: model.as_deref(),
-                tokens: tokens.map(|(prompt, completion)| Tokens { prompt, completion }),
-                energy_j: energy.map(|[gpu, cpu, dram, total]| EnergyJoules { gpu, cpu, dram, total }),
-                cost_usd: cost.map(|[energy, capacity, total]| CostUsd { energy, capacity, total }),
-                co2_g: co2,
-                usd_per_1k_tokens: per_1k,
-                tags: Cow::Owned(tags.into_iter().collect::<BTreeMap<_, _>>()),
+                start: clock.stamp(h.start, &mut cache),
+                end: clock.stamp(h.start + h.dur, &mut cache),
+                duration_ms: h.dur as f64 / 1e6,
+                pid: h.pid,
+                comm: &h.comm,
+                conn: Conn { local: h.local, peer: h.peer },
+                protocol: [Protocol::Http1, Protocol::Tcp, Protocol::Http2][usize::from(h.proto)],
+                http: h.http.as_ref().map(|(m, p, s)| Http { method: m, path: p, status: *s }),
+                bytes: Bytes { input: b.bytes.0, out: b.bytes.1 },
+                ttfb_ms: b.ttfb,
+                first_chunk_ms: b.first_chunk,
+                chunks: b.chunks,
+                model: b.model.as_deref(),
+                tokens: b.tokens.map(|(prompt, completion)| Tokens { prompt, completion }),
+                energy_j: p.energy.map(|[gpu, cpu, dram, total]| EnergyJoules { gpu, cpu, dram, total }),
+                cost_usd: p.cost.map(|[energy, capacity, total]| CostUsd { energy, capacity, total }),
+                co2_g: p.co2,
+                usd_per_1k_tokens: p.per_1k,
+                tags: Cow::Owned(p.tags),
                 flags: {
                     let mut f = FlagList::default();
-                    f.extend(["partial", "estimated_cpu", "streamed"].into_iter().take(nflags));
+                    f.extend(["partial", "estimated_cpu", "streamed"].into_iter().take(p.nflags));
                     f
                 },
             };
