@@ -391,8 +391,9 @@ fn a_missing_pid_is_one_clear_line_and_exit_2() {
 }
 
 /// Regression: a server already blocking in accept(2) when we attach (thread-per-connection
-/// servers such as llama.cpp's cpp-httplib) lost its next connection, because the accept's
-/// enter was never seen. The exit now registers it and /proc classifies the socket.
+/// servers such as llama.cpp's cpp-httplib) lost its next connection, when the kernel side
+/// paired enter and exit tracepoints and never saw that accept's enter. The `sys_exit` program
+/// reads the arguments from the saved registers, and /proc classifies the socket.
 #[test]
 fn connection_accepted_by_a_blocking_accept_that_began_before_attach() {
     require_kernel!();
@@ -430,4 +431,42 @@ while True:
         assert_eq!(s["conn"]["peer"], peer.to_string());
         assert_eq!(s["conn"]["local"], format!("127.0.0.1:{}", server.port));
     }
+}
+
+/// A connection accepted before attach whose thread is already blocked in recv(2) when we
+/// attach: the request that wakes it is traced (its arguments come from the registers saved at
+/// entry, not from an enter we never saw).
+#[test]
+fn request_read_by_a_recv_that_began_before_attach() {
+    require_kernel!();
+    let script = r#"
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+print("listening", s.getsockname()[1], flush=True)
+c, _ = s.accept()
+while True:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(1024)                # blocks: entered before the probe attached
+        if not chunk:
+            raise SystemExit
+        data += chunk
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let server = Server::start(cmd, Duration::from_secs(10));
+    let mut c = Client::connect(server.port);
+    // Let the server accept and block in recv before the probe exists.
+    thread::sleep(Duration::from_millis(300));
+    let probe = Attach::start(server.proc.pid(), &[]);
+    assert_eq!(c.get("/after-attach").status, 200);
+    assert_eq!(c.get("/second").status, 200);
+    let records = probe.stop();
+    let paths: Vec<&str> = records
+        .requests()
+        .iter()
+        .map(|r| r["http"]["path"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(paths, ["/after-attach", "/second"]);
 }

@@ -51,6 +51,24 @@ fn float(out: &mut Vec<u8>, v: f64) {
     }
 }
 
+/// `,"key":value` when the value is present (`key` includes the comma, quotes and colon).
+#[inline]
+fn opt_float(out: &mut Vec<u8>, key: &'static str, v: Option<f64>) {
+    if let Some(v) = v {
+        lit(out, key);
+        float(out, v);
+    }
+}
+
+/// Each key fragment followed by its number.
+#[inline]
+fn floats(out: &mut Vec<u8>, fields: &[(&'static str, f64)]) {
+    for &(key, v) in fields {
+        lit(out, key);
+        float(out, v);
+    }
+}
+
 fn addr(out: &mut Vec<u8>, a: &SocketAddr) {
     match a {
         SocketAddr::V4(v4) => {
@@ -154,14 +172,8 @@ impl RequestRecord<'_> {
         lit(out, ",\"out\":");
         uint(out, self.bytes.out);
         out.push(b'}');
-        if let Some(v) = self.ttfb_ms {
-            lit(out, ",\"ttfb_ms\":");
-            float(out, v);
-        }
-        if let Some(v) = self.first_chunk_ms {
-            lit(out, ",\"first_chunk_ms\":");
-            float(out, v);
-        }
+        opt_float(out, ",\"ttfb_ms\":", self.ttfb_ms);
+        opt_float(out, ",\"first_chunk_ms\":", self.first_chunk_ms);
         if let Some(v) = self.chunks {
             lit(out, ",\"chunks\":");
             uint(out, v);
@@ -194,33 +206,30 @@ impl RequestRecord<'_> {
     /// From `energy_j` to `usd_per_1k_tokens`.
     fn write_price(&self, out: &mut Vec<u8>) {
         if let Some(e) = &self.energy_j {
-            lit(out, ",\"energy_j\":{\"gpu\":");
-            float(out, e.gpu);
-            lit(out, ",\"cpu\":");
-            float(out, e.cpu);
-            lit(out, ",\"dram\":");
-            float(out, e.dram);
-            lit(out, ",\"total\":");
-            float(out, e.total);
+            floats(
+                out,
+                &[
+                    (",\"energy_j\":{\"gpu\":", e.gpu),
+                    (",\"cpu\":", e.cpu),
+                    (",\"dram\":", e.dram),
+                    (",\"total\":", e.total),
+                ],
+            );
             out.push(b'}');
         }
         if let Some(c) = &self.cost_usd {
-            lit(out, ",\"cost_usd\":{\"energy\":");
-            float(out, c.energy);
-            lit(out, ",\"capacity\":");
-            float(out, c.capacity);
-            lit(out, ",\"total\":");
-            float(out, c.total);
+            floats(
+                out,
+                &[
+                    (",\"cost_usd\":{\"energy\":", c.energy),
+                    (",\"capacity\":", c.capacity),
+                    (",\"total\":", c.total),
+                ],
+            );
             out.push(b'}');
         }
-        if let Some(v) = self.co2_g {
-            lit(out, ",\"co2_g\":");
-            float(out, v);
-        }
-        if let Some(v) = self.usd_per_1k_tokens {
-            lit(out, ",\"usd_per_1k_tokens\":");
-            float(out, v);
-        }
+        opt_float(out, ",\"co2_g\":", self.co2_g);
+        opt_float(out, ",\"usd_per_1k_tokens\":", self.usd_per_1k_tokens);
     }
 
     /// `tags`, `flags` and the closing brace.
