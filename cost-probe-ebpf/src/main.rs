@@ -1,11 +1,15 @@
-//! Kernel side of cost-probe: tracepoints only (these kernels have no kprobes).
+//! Kernel side of cost-probe: tracepoints only (these kernels have no kprobes, and fentry is
+//! refused): a BTF tracepoint on the raw `sys_exit` tracepoint for data syscalls and accepts,
+//! `syscalls:sys_enter_close`, and `sched:sched_process_{fork,exit}`.
 //!
-//! It stays dumb on purpose: filter by target tgid, remember which fds are accepted TCP
-//! connections, pair syscall enter/exit per thread, copy a bounded head and tail of each payload,
-//! and emit one fixed-size record per syscall. All protocol logic lives in userspace.
+//! It stays dumb on purpose: filter by syscall number and connection, remember which fds are
+//! accepted TCP connections of the targets, copy a bounded head and tail of each payload from
+//! the arguments saved in the task's registers, and emit one fixed-size record per syscall. All
+//! protocol logic lives in userspace.
 //!
-//! Every tracepoint field offset comes from userspace (read from tracefs `format` files) through
-//! the `OFFSETS` global; nothing here reads kernel structs.
+//! `sched_process_fork`'s field offset comes from userspace (tracefs `format` files) through the
+//! `OFFSETS` global; the `syscalls:*` layout is compiled in and checked by userspace at load.
+//! x86-64 only: the `sys_exit` program reads x86-64 registers and syscall numbers.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
