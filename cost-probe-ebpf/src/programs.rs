@@ -99,6 +99,23 @@ fn wakeup_flag(size: usize) -> u64 {
     }
 }
 
+/// Emits a whole record: reserved, written and submitted, or counted as lost when the ring is
+/// full. `force` wakes the consumer now instead of at the batch threshold. (Data records are
+/// filled in place instead: their payload is copied straight into the reservation.)
+#[inline(always)]
+fn emit<T: 'static>(record: T, force: bool) {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        count_lost();
+        return;
+    };
+    entry.write(record);
+    entry.submit(if force {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        wakeup_flag(core::mem::size_of::<T>())
+    });
+}
+
 fn header(pid_tgid: u64, fd: i32, conn_id: u64, kind: EventKind, nr: u32) -> EventHeader {
     EventHeader {
         // SAFETY: helper with no preconditions.
@@ -381,24 +398,22 @@ fn accept(ctx: &BtfTracePointContext, a: &Args, ret: i64) -> Result<u32, u32> {
         );
         return Ok(0);
     }
-    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
-        count_lost();
-        return Ok(0);
-    };
-    entry.write(ConnEvent {
-        hdr: header(
-            pid_tgid,
-            ret as i32,
-            conn_id,
-            EventKind::Accept,
-            a.nr as u32,
-        ),
-        family,
-        peer_port,
-        listen_fd: a.a0 as i32,
-        peer_addr,
-    });
-    entry.submit(wakeup_flag(core::mem::size_of::<ConnEvent>()));
+    emit(
+        ConnEvent {
+            hdr: header(
+                pid_tgid,
+                ret as i32,
+                conn_id,
+                EventKind::Accept,
+                a.nr as u32,
+            ),
+            family,
+            peer_port,
+            listen_fd: a.a0 as i32,
+            peer_addr,
+        },
+        false,
+    );
     Ok(0)
 }
 
@@ -417,7 +432,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 
 fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // As in enter_io: the connection lookup is the filter.
+    // As in `data`: the connection lookup is the filter.
     let fd = arg0(ctx) as u32;
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
@@ -428,18 +443,16 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     };
     let _ = CONNS.remove(&key);
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count_lost();
-        return Ok(0);
-    };
-    entry.write(header(
-        pid_tgid,
-        fd as i32,
-        conn_id,
-        EventKind::Close,
-        syscall_nr(ctx),
-    ));
-    entry.submit(wakeup_flag(core::mem::size_of::<EventHeader>()));
+    emit(
+        header(
+            pid_tgid,
+            fd as i32,
+            conn_id,
+            EventKind::Close,
+            syscall_nr(ctx),
+        ),
+        false,
+    );
     Ok(0)
 }
 
@@ -490,12 +503,7 @@ fn try_sched_exit() -> Result<u32, u32> {
     if tid != (pid_tgid >> 32) as u32 {
         return Ok(0); // a thread, not the process
     }
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count_lost();
-        return Ok(0);
-    };
-    entry.write(header(pid_tgid, -1, 0, EventKind::ProcExit, 0));
     // Process exits are rare and end spans: wake the consumer now.
-    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    emit(header(pid_tgid, -1, 0, EventKind::ProcExit, 0), true);
     Ok(0)
 }

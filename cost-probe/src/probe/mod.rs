@@ -146,17 +146,7 @@ impl Probe {
             }
         };
         for (name, category, tps) in PROGRAMS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::Format {
-                    path: PathBuf::from(*name),
-                    why: "program missing from the object".into(),
-                })?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    name: (*name).into(),
-                    source,
-                })?;
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(|source| ProbeError::Program {
                 name: (*name).into(),
                 source,
@@ -171,17 +161,7 @@ impl Probe {
         }
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let (name, tp) = SYS_EXIT;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| ProbeError::Format {
-                path: PathBuf::from(name),
-                why: "program missing from the object".into(),
-            })?
-            .try_into()
-            .map_err(|source| ProbeError::Program {
-                name: name.into(),
-                source,
-            })?;
+        let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
         prog.load(tp, &btf)
             .and_then(|()| prog.attach().map(drop))
             .map_err(|source| ProbeError::Program {
@@ -255,6 +235,23 @@ impl Probe {
         self.lost_seen = total;
         Ok(new)
     }
+}
+
+/// The program `name` from the loaded object, as the program type it must be.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, ProbeError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| ProbeError::Format {
+            path: PathBuf::from(name),
+            why: "program missing from the object".into(),
+        })?
+        .try_into()
+        .map_err(|source| ProbeError::Program {
+            name: name.into(),
+            source,
+        })
 }
 
 fn raise_memlock() {
