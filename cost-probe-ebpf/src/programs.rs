@@ -189,11 +189,16 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
     // checks each load against vmlinux BTF and turns it into a fault-safe kernel load. Only the
     // number is read before the filter: most syscalls stop here.
     let nr = unsafe { (*regs).orig_rax };
-    let shape = match nr {
-        nr::READ | nr::RECVFROM | nr::WRITE | nr::SENDTO => Shape::Buf,
-        nr::READV | nr::WRITEV => Shape::Iov,
-        nr::RECVMSG | nr::SENDMSG => Shape::Msg,
-        nr::SENDFILE | nr::ACCEPT | nr::ACCEPT4 => Shape::None,
+    // One table: which syscalls are ours, and what each one is.
+    let op = match nr {
+        nr::READ | nr::RECVFROM => Some((EventKind::Read, Shape::Buf)),
+        nr::WRITE | nr::SENDTO => Some((EventKind::Write, Shape::Buf)),
+        nr::READV => Some((EventKind::Read, Shape::Iov)),
+        nr::WRITEV => Some((EventKind::Write, Shape::Iov)),
+        nr::RECVMSG => Some((EventKind::Read, Shape::Msg)),
+        nr::SENDMSG => Some((EventKind::Write, Shape::Msg)),
+        nr::SENDFILE => Some((EventKind::Write, Shape::None)),
+        nr::ACCEPT | nr::ACCEPT4 => None,
         _ => return 0,
     };
     // SAFETY: as above.
@@ -212,13 +217,9 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let ret: i64 = ctx.arg(1);
-    let kind = match nr {
-        nr::READ | nr::RECVFROM | nr::READV | nr::RECVMSG => EventKind::Read,
-        _ => EventKind::Write,
-    };
-    let r = match nr {
-        nr::ACCEPT | nr::ACCEPT4 => accept(&ctx, &a, ret),
-        _ => data(&a, ret, kind, shape),
+    let r = match op {
+        Some((kind, shape)) => data(&a, ret, kind, shape),
+        None => accept(&ctx, &a, ret),
     };
     match r {
         Ok(r) | Err(r) => r,
