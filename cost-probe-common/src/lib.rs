@@ -28,8 +28,6 @@ pub enum EventKind {
     Close = 4,
     /// A traced process (thread-group leader) exited ([`EventHeader`] only).
     ProcExit = 5,
-    /// A traced process forked a new process ([`ProcEvent`]).
-    Fork = 6,
 }
 
 impl EventKind {
@@ -41,7 +39,6 @@ impl EventKind {
             3 => Self::Write,
             4 => Self::Close,
             5 => Self::ProcExit,
-            6 => Self::Fork,
             _ => return None,
         })
     }
@@ -101,16 +98,6 @@ pub struct ConnEvent {
     pub peer_addr: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 56);
-
-/// A traced process forked: the child is traced too.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcEvent {
-    pub hdr: EventHeader,
-    pub child_pid: u32,
-    pub pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);
 
 /// Key of the kernel's connection table.
 #[repr(C)]

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use cost_probe::attribution::{
-    DomainClass, DomainId, DomainInterval, Ledger, LedgerConfig, Share, SplitMode,
+    DomainId, DomainInterval, EnergyKind, Ledger, LedgerConfig, Share, SplitMode,
 };
 use cost_probe::units::{MicroJoules, Nanos};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -43,9 +43,9 @@ fn stream(seconds: u64, concurrency: u64, max_ms: u64) -> (Vec<Event>, u64) {
         }
     }
     for (d, (class, phase, devices)) in [
-        (DomainClass::Gpu, 0, 1),
-        (DomainClass::Cpu, 37 * MS, 32),
-        (DomainClass::Dram, 61 * MS, 1),
+        (EnergyKind::Gpu, 0, 1),
+        (EnergyKind::Cpu, 37 * MS, 32),
+        (EnergyKind::Dram, 61 * MS, 1),
     ]
     .into_iter()
     .enumerate()

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use cost_probe::{
-    attribution::{DomainClass, DomainId, DomainInterval, Ledger, LedgerConfig, Share},
+    attribution::{DomainId, DomainInterval, EnergyKind, Ledger, LedgerConfig, Share},
     probe::{ConnId, OwnedEvent},
     spans::{SpanBuilder, SpanEvent},
     units::{MicroJoules, Nanos},
@@ -32,8 +32,8 @@ fn fixture() -> Vec<OwnedEvent> {
 /// by time like a real ring buffer drain.
 fn workload(copies: u64, rounds: u64) -> Vec<OwnedEvent> {
     let base = fixture();
-    let t0 = base.iter().map(|e| e.as_event().ts()).min().unwrap();
-    let span = base.iter().map(|e| e.as_event().ts()).max().unwrap() - t0 + 1;
+    let t0 = base.iter().map(|e| e.borrowed().ts()).min().unwrap();
+    let span = base.iter().map(|e| e.borrowed().ts()).max().unwrap() - t0 + 1;
     let mut out = Vec::new();
     for r in 0..rounds {
         for c in 0..copies {
@@ -49,13 +49,13 @@ fn workload(copies: u64, rounds: u64) -> Vec<OwnedEvent> {
                     OwnedEvent::Accept { ts, conn, .. }
                     | OwnedEvent::Data { ts, conn, .. }
                     | OwnedEvent::Close { ts, conn } => remap(conn, ts),
-                    OwnedEvent::Exit { ts, .. } => *ts = *ts - t0 + shift,
+                    OwnedEvent::ProcExit { ts, .. } => *ts = *ts - t0 + shift,
                 }
                 out.push(e);
             }
         }
     }
-    out.sort_by_key(|e| e.as_event().ts());
+    out.sort_by_key(|e| e.borrowed().ts());
     out
 }
 
@@ -65,14 +65,14 @@ fn run(events: &[OwnedEvent]) -> usize {
     let mut out = Vec::with_capacity(256);
     let mut finished = 0;
     let step = 100_000_000u64;
-    let mut next_tick = events[0].as_event().ts() + step;
+    let mut next_tick = events[0].borrowed().ts() + step;
     for e in events {
-        let ev = e.as_event();
+        let ev = e.borrowed();
         while ev.ts() >= next_tick {
             for d in 0..3u32 {
                 ledger.interval(&DomainInterval {
                     domain: DomainId(d),
-                    class: [DomainClass::Gpu, DomainClass::Cpu, DomainClass::Dram][d as usize],
+                    class: [EnergyKind::Gpu, EnergyKind::Cpu, EnergyKind::Dram][d as usize],
                     start: Nanos(next_tick - step),
                     end: Nanos(next_tick),
                     measured: MicroJoules(30_000_000),

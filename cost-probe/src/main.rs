@@ -34,10 +34,10 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Attach(a) => cli::attach::run(a).await,
-        Cmd::Agent(a) => cli::agent::run(a).await,
+        Cmd::Attach(a) => cli::exit_code(cli::attach::run(a).await),
+        Cmd::Agent(a) => cli::exit_code(cli::agent::run(a).await),
         Cmd::Doctor(a) => cli::doctor::run(&a),
-        Cmd::Demo(a) => cli::demo::run(a).await,
-        Cmd::DemoServer => cli::demo::serve().await,
+        Cmd::Demo(a) => cli::exit_code(cli::demo::run(a).await),
+        Cmd::DemoServer => cli::exit_code(cli::demo::serve().await),
     }
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use cost_probe::alerts::{AlertEngine, Observation};
-use cost_probe::attribution::{CapacitySplit, DomainClass, DomainId, IdleSource, IntervalRecord};
+use cost_probe::attribution::{CapacitySplit, DomainId, EnergyKind, IdleSource, IntervalSplit};
 use cost_probe::output::metrics::{Metrics, RequestObs, SpanTable};
 use cost_probe::rules::{RequestInfo, Rules};
 use cost_probe::units::{MicroJoules, Nanos};
@@ -56,9 +56,9 @@ fn populated() -> Metrics {
     for (d, domain) in ["gpu:0", "rapl:package-0"].iter().enumerate() {
         metrics.observe_interval(
             domain,
-            &IntervalRecord {
+            &IntervalSplit {
                 domain: DomainId(d as u32),
-                class: DomainClass::Gpu,
+                class: EnergyKind::Gpu,
                 start: Nanos(0),
                 end: Nanos(100_000_000),
                 measured: MicroJoules(10_000_000),

@@ -219,7 +219,7 @@ fn energy_anomaly_reads_joules() {
 }
 
 #[test]
-fn alert_serializes_as_the_alert_record() {
+fn alert_serializes_as_the_alert_record_body() {
     let mut e =
         AlertEngine::from_parts(&[budget(Period::Day, 2.0, &[0.5], &[("team", "ml")])], &[]);
     let a = spend(&mut e, NOON, 1.5, &tags(&[("team", "ml")]));
@@ -227,7 +227,7 @@ fn alert_serializes_as_the_alert_record() {
     assert_eq!(
         v,
         serde_json::json!({
-            "v": 1, "type": "alert", "time": "2024-02-29T12:00:00.000000000Z",
+            "time": "2024-02-29T12:00:00.000000000Z",
             "rule": "daily", "kind": "budget", "metric": "cost_usd",
             "threshold": 0.5, "observed": 1.5, "limit": 1.0, "amount_usd": 2.0,
             "period": "day", "period_start": "2024-02-29T00:00:00Z",

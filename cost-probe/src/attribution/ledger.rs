@@ -5,8 +5,8 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::idle::IdleLearner;
 use super::{
-    CapacitySplit, DomainClass, DomainId, DomainInterval, IdleMode, IdlePower, IdleSource,
-    IntervalRecord, LedgerConfig, RequestEnergy, SplitMode,
+    CapacitySplit, DomainId, DomainInterval, EnergyKind, IdleMode, IdlePower, IdleSource,
+    IntervalSplit, LedgerConfig, RequestEnergy, SplitMode,
 };
 use crate::units::{MicroJoules, Nanos};
 
@@ -255,7 +255,7 @@ impl Ledger {
     }
 
     /// Attributes one interval of one domain and returns its record.
-    pub fn interval(&mut self, iv: &DomainInterval) -> IntervalRecord {
+    pub fn interval(&mut self, iv: &DomainInterval) -> IntervalSplit {
         let dt = iv.end.saturating_sub(iv.start).0;
         let measured = iv.measured.0;
         let target = iv.target_share.apply(measured);
@@ -299,7 +299,7 @@ impl Ledger {
         let d = self.domain_mut(iv.domain);
         d.watermark = d.watermark.max(iv.end);
 
-        let rec = IntervalRecord {
+        let rec = IntervalSplit {
             domain: iv.domain,
             class: iv.class,
             start: iv.start,
@@ -363,8 +363,8 @@ impl Ledger {
             *acc.energy.get_mut(iv.class) += MicroJoules(part);
             given += part;
             match iv.class {
-                DomainClass::Cpu if iv.estimated => acc.flags.estimated_cpu = true,
-                DomainClass::Gpu if iv.integrated => acc.flags.integrated_gpu = true,
+                EnergyKind::Cpu if iv.estimated => acc.flags.estimated_cpu = true,
+                EnergyKind::Gpu if iv.integrated => acc.flags.integrated_gpu = true,
                 _ => {}
             }
             acc.flags.token_weight_estimated |= estimated_tokens;

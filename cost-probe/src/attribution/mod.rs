@@ -3,7 +3,7 @@
 //! Pure: values in, values out, no I/O and no clocks. The integrator feeds span events and energy
 //! intervals in time order (span events stamped before an interval's end should reach the
 //! [`Ledger`] before that interval does); the ledger answers each interval with an
-//! [`IntervalRecord`] and hands finished requests back through [`Ledger::drain_ready`].
+//! [`IntervalSplit`] and hands finished requests back through [`Ledger::drain_ready`].
 //!
 //! # Method (DESIGN.md "Attribution", with the changes noted)
 //! For each interval of domain d:
@@ -53,7 +53,7 @@ pub const MIN_IDLE_SAMPLES: usize = 5;
 /// What kind of energy a domain measures; a request's joules and device-seconds are kept per class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum DomainClass {
+pub enum EnergyKind {
     Gpu,
     /// RAPL package, psys, or the CPU power model.
     Cpu,
@@ -117,7 +117,7 @@ impl Share {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainInterval {
     pub domain: DomainId,
-    pub class: DomainClass,
+    pub class: EnergyKind,
     pub start: Nanos,
     pub end: Nanos,
     /// Whole-device energy over `[start, end)`.
@@ -213,19 +213,19 @@ pub struct PerClass<T> {
 }
 
 impl<T> PerClass<T> {
-    pub fn get_mut(&mut self, class: DomainClass) -> &mut T {
+    pub fn get_mut(&mut self, class: EnergyKind) -> &mut T {
         match class {
-            DomainClass::Gpu => &mut self.gpu,
-            DomainClass::Cpu => &mut self.cpu,
-            DomainClass::Dram => &mut self.dram,
+            EnergyKind::Gpu => &mut self.gpu,
+            EnergyKind::Cpu => &mut self.cpu,
+            EnergyKind::Dram => &mut self.dram,
         }
     }
 
-    pub fn get(&self, class: DomainClass) -> &T {
+    pub fn get(&self, class: EnergyKind) -> &T {
         match class {
-            DomainClass::Gpu => &self.gpu,
-            DomainClass::Cpu => &self.cpu,
-            DomainClass::Dram => &self.dram,
+            EnergyKind::Gpu => &self.gpu,
+            EnergyKind::Cpu => &self.cpu,
+            EnergyKind::Dram => &self.dram,
         }
     }
 }
@@ -328,9 +328,9 @@ pub struct CapacitySplit {
 
 /// The ledger's answer to one interval: the `interval` record's numbers plus the audit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct IntervalRecord {
+pub struct IntervalSplit {
     pub domain: DomainId,
-    pub class: DomainClass,
+    pub class: EnergyKind,
     pub start: Nanos,
     pub end: Nanos,
     pub measured: MicroJoules,
@@ -345,7 +345,7 @@ pub struct IntervalRecord {
     pub capacity: CapacitySplit,
 }
 
-impl IntervalRecord {
+impl IntervalSplit {
     /// Whether energy and capacity add up exactly.
     #[must_use]
     pub fn is_conserved(&self) -> bool {
@@ -356,4 +356,30 @@ impl IntervalRecord {
                 + u128::from(self.capacity.other)
                 == u128::from(self.capacity.total)
     }
+}
+
+/// One domain's split in an interval, under the domain's name (`gpu:0`, `rapl:package-0`).
+#[derive(Clone, Debug)]
+pub struct DomainSplit {
+    pub id: String,
+    pub split: IntervalSplit,
+    /// Modeled, not measured (the CPU power model).
+    pub estimated: bool,
+    /// Power integrated over time (no energy counter).
+    pub integrated: bool,
+}
+
+/// One sampler tick's attribution, every domain it covered: what the `interval` record and the
+/// interval metrics are made from.
+#[derive(Clone, Debug, Default)]
+pub struct IntervalReport {
+    /// The earliest start of a domain's interval (`CLOCK_MONOTONIC`).
+    pub start: Nanos,
+    /// The tick's time.
+    pub end: Nanos,
+    pub domains: Vec<DomainSplit>,
+    /// What the tick cost the sampler.
+    pub sampler_cost: Nanos,
+    /// Ticks that came due while the consumer was busy and were merged into this one.
+    pub late_ticks: u64,
 }

@@ -5,7 +5,7 @@ use super::*;
 const MS: u64 = 1_000_000;
 const SEC: u64 = 1_000_000_000;
 
-fn iv(domain: u32, class: DomainClass, start: u64, end: u64, uj: u64) -> DomainInterval {
+fn iv(domain: u32, class: EnergyKind, start: u64, end: u64, uj: u64) -> DomainInterval {
     DomainInterval {
         domain: DomainId(domain),
         class,
@@ -21,7 +21,7 @@ fn iv(domain: u32, class: DomainClass, start: u64, end: u64, uj: u64) -> DomainI
 }
 
 fn gpu(start: u64, end: u64, uj: u64) -> DomainInterval {
-    iv(0, DomainClass::Gpu, start, end, uj)
+    iv(0, EnergyKind::Gpu, start, end, uj)
 }
 
 fn pinned(watts: f64) -> Ledger {
@@ -160,7 +160,7 @@ fn drain_waits_for_every_domain_watermark() {
     l.span_started(1, Nanos(0));
     l.span_ended(1, Nanos(150 * MS), None);
     l.interval(&gpu(0, 100 * MS, 1_000));
-    l.interval(&iv(1, DomainClass::Cpu, 0, 200 * MS, 1_000));
+    l.interval(&iv(1, EnergyKind::Cpu, 0, 200 * MS, 1_000));
     assert!(drained(&mut l).is_empty(), "GPU has not passed the end");
     l.interval(&gpu(100 * MS, 200 * MS, 1_000));
     let d = drained(&mut l);
@@ -251,7 +251,7 @@ fn flags_follow_estimated_and_integrated_sources() {
     let mut l = pinned(0.0);
     l.span_started(1, Nanos(0));
     l.span_ended(1, Nanos(SEC), None);
-    let mut c = iv(0, DomainClass::Cpu, 0, SEC, 10);
+    let mut c = iv(0, EnergyKind::Cpu, 0, SEC, 10);
     c.estimated = true;
     l.interval(&c);
     let d: Vec<_> = l.drain_all().collect();
@@ -269,7 +269,7 @@ fn huge_weights_do_not_overflow() {
     l.span_started(2, Nanos(0));
     l.span_ended(1, Nanos(u64::MAX / 2), Some(u64::MAX));
     l.span_ended(2, Nanos(u64::MAX / 2), Some(u64::MAX));
-    let r = l.interval(&iv(0, DomainClass::Gpu, 0, u64::MAX / 2, u64::MAX));
+    let r = l.interval(&iv(0, EnergyKind::Gpu, 0, u64::MAX / 2, u64::MAX));
     assert!(r.is_conserved());
 }
 
@@ -342,7 +342,7 @@ fn config() -> impl Strategy<Value = LedgerConfig> {
 
 /// Intervals of one domain derived from a cumulative microjoule counter, as the sampler does.
 fn intervals(d: u32, spec: &DomainSpec, horizon: u64) -> Vec<DomainInterval> {
-    let class = [DomainClass::Gpu, DomainClass::Cpu, DomainClass::Dram][d as usize % 3];
+    let class = [EnergyKind::Gpu, EnergyKind::Cpu, EnergyKind::Dram][d as usize % 3];
     let (mut t, mut counter_nj, mut out) = (spec.phase, 0u128, Vec::new());
     let mut k = 0;
     while t < horizon {
@@ -556,7 +556,7 @@ fn unmeasured_intervals_release_requests_and_flag_them() {
     let mut l = Ledger::new(LedgerConfig::default());
     l.span_started(1, Nanos(10));
     l.span_ended(1, Nanos(150), None);
-    let mut iv = iv(0, DomainClass::Gpu, 0, 100, 1_000);
+    let mut iv = iv(0, EnergyKind::Gpu, 0, 100, 1_000);
     l.interval(&iv);
     assert_eq!(l.drain_ready().count(), 0, "the end is not covered yet");
     iv.start = Nanos(100);

@@ -413,7 +413,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::energy::nvml_replay::ReplayNvml;
+    use crate::energy::nvml::replay::ReplayNvml;
 
     fn roots(powercap: PathBuf) -> Roots {
         Roots {

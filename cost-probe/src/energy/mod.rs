@@ -30,8 +30,6 @@ pub mod cpu_model;
 pub mod cputime;
 pub mod doctor;
 pub mod nvml;
-#[cfg(test)]
-mod nvml_replay;
 pub mod perf_power;
 pub mod rapl;
 pub mod sampler;

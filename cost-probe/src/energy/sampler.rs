@@ -1,13 +1,12 @@
-//! The sampler: reads every enabled source at a fixed rate and publishes [`Snapshot`]s.
+//! The sampler: reads every enabled source into a recycled [`Snapshot`] on each tick.
 //!
 //! The default rate is 10 Hz, NVML's energy-counter update period. A tick writes into a
 //! recycled snapshot, so after warm-up sampling allocates nothing (NVML's real backend aside:
-//! nvml-wrapper allocates inside its calls). The loop runs on tokio's blocking pool because
-//! NVML and sysfs reads are blocking syscalls that can take milliseconds on busy multi-GPU hosts.
+//! nvml-wrapper allocates inside its calls). The consumer thread ticks it after each ring drain
+//! (`runtime::meter`), so every event stamped before a tick is already a span.
 use std::{sync::Arc, time::Duration};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
 
 use super::{
     Domain, DomainIdx, EnergySource, Reading, Roots, TickCtx,
@@ -26,8 +25,6 @@ pub struct SamplerConfig {
     pub interval: Duration,
     /// CPU power model for hosts without RAPL; `None` leaves CPU energy unmeasured there.
     pub cpu_model: Option<CpuModelParams>,
-    /// Snapshots buffered for a slow consumer before ticks are dropped (counted, never blocking).
-    pub channel_capacity: usize,
     /// How long RAPL counters are watched at start-up to reject ones that never move (default
     /// 50 ms). Zero skips the check (fake sysfs trees in tests and benchmarks).
     pub liveness_window: Duration,
@@ -38,7 +35,6 @@ impl Default for SamplerConfig {
         Self {
             interval: Duration::from_millis(100),
             cpu_model: None,
-            channel_capacity: 16,
             liveness_window: rapl::LIVENESS_WINDOW,
         }
     }
@@ -56,7 +52,7 @@ pub struct SourceStatus {
 /// Everything read on one tick.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
-    /// Tick number, from 0; gaps mean dropped snapshots (see `dropped_before`).
+    /// Tick number, from 0.
     pub seq: u64,
     /// `CLOCK_MONOTONIC` at the start of the tick.
     pub at: Nanos,
@@ -71,9 +67,6 @@ pub struct Snapshot {
     pub gpu_shares: Vec<GpuShare>,
     /// What this tick cost the sampler.
     pub tick_cost: Nanos,
-    /// Snapshots dropped just before this one because the consumer was behind. Energy is not
-    /// lost: readings carry cumulative totals.
-    pub dropped_before: u64,
 }
 
 impl Snapshot {
@@ -279,8 +272,7 @@ fn open_rapl(roots: &Roots, window: Duration, st: &mut Status) -> Vec<Box<dyn En
     }
 }
 
-/// Reads all enabled sources; [`Sampler::tick`] is the synchronous core, [`Sampler::spawn`]
-/// runs it on a timer.
+/// Reads all enabled sources; the consumer thread calls [`Sampler::tick`] once per interval.
 pub struct Sampler {
     config: SamplerConfig,
     nvml: Option<NvmlSource>,
@@ -291,7 +283,6 @@ pub struct Sampler {
     domains: Arc<[Domain]>,
     status: Vec<SourceStatus>,
     seq: u64,
-    pending_drops: u64,
 }
 
 impl Sampler {
@@ -320,7 +311,6 @@ impl Sampler {
             domains: domains.into(),
             status,
             seq: 0,
-            pending_drops: 0,
         }
     }
 
@@ -367,7 +357,6 @@ impl Sampler {
             cpu: None,
             gpu_shares: Vec::with_capacity(self.nvml.as_ref().map_or(0, |n| n.gpus().len())),
             tick_cost: Nanos::ZERO,
-            dropped_before: 0,
         }
     }
 
@@ -411,91 +400,14 @@ impl Sampler {
         if !Arc::ptr_eq(&snap.domains, &self.domains) {
             snap.domains = Arc::clone(&self.domains);
         }
-        snap.dropped_before = self.pending_drops;
         snap.tick_cost = monotonic_now().saturating_sub(start);
-    }
-
-    /// Runs the sampler every `config.interval` on tokio's blocking pool until the handle is
-    /// stopped or dropped. Target tgids are taken from `targets` whenever it changes.
-    #[must_use]
-    pub fn spawn(mut self, mut targets: watch::Receiver<Vec<u32>>) -> SamplerHandle {
-        let cap = self.config.channel_capacity.max(1);
-        let (tx, rx) = mpsc::channel::<Snapshot>(cap);
-        let (recycle_tx, mut recycle_rx) = mpsc::channel::<Snapshot>(cap);
-        let task = tokio::task::spawn_blocking(move || {
-            let interval = u64::try_from(self.config.interval.as_nanos())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            let mut next = monotonic_now().0;
-            let mut spare: Option<Snapshot> = None;
-            // The channel's initial value counts as seen, so apply it before waiting for changes.
-            self.set_targets(&targets.borrow_and_update());
-            while !tx.is_closed() {
-                if targets.has_changed().unwrap_or(false) {
-                    let tgids = targets.borrow_and_update();
-                    self.set_targets(&tgids);
-                }
-                let mut snap = spare
-                    .take()
-                    .or_else(|| recycle_rx.try_recv().ok())
-                    .unwrap_or_else(|| self.new_snapshot());
-                self.tick(&mut snap);
-                match tx.try_send(snap) {
-                    Ok(()) => self.pending_drops = 0,
-                    Err(mpsc::error::TrySendError::Full(s)) => {
-                        self.pending_drops += 1;
-                        spare = Some(s);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                }
-                // Fixed-rate on the monotonic clock; an overrun skips the missed ticks instead
-                // of bursting to catch up (the cost stays bounded).
-                next += interval;
-                let now = monotonic_now().0;
-                if next <= now {
-                    next += (now - next) / interval * interval + interval;
-                }
-                std::thread::sleep(Duration::from_nanos(next - now));
-            }
-            self
-        });
-        SamplerHandle {
-            rx,
-            recycle: recycle_tx,
-            task,
-        }
-    }
-}
-
-/// The consumer's end of a running sampler.
-pub struct SamplerHandle {
-    rx: mpsc::Receiver<Snapshot>,
-    recycle: mpsc::Sender<Snapshot>,
-    task: tokio::task::JoinHandle<Sampler>,
-}
-
-impl SamplerHandle {
-    /// The next snapshot; `None` once the sampler has stopped.
-    pub async fn recv(&mut self) -> Option<Snapshot> {
-        self.rx.recv().await
-    }
-
-    /// Hands a consumed snapshot back so its buffers are reused (keeps ticks allocation-free).
-    pub fn recycle(&self, snap: Snapshot) {
-        let _ = self.recycle.try_send(snap);
-    }
-
-    /// Stops the loop (within one interval) and returns the sampler.
-    pub async fn stop(self) -> Option<Sampler> {
-        drop(self.rx);
-        self.task.await.ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::energy::{MilliWatts, SourceKind, nvml_replay::ReplayNvml};
+    use crate::energy::{MilliWatts, SourceKind, nvml::replay::ReplayNvml};
 
     fn no_hw_roots() -> Roots {
         Roots {
@@ -570,28 +482,5 @@ mod tests {
         assert_eq!(snap.gpu_shares.len(), 2);
         assert_eq!(snap.target_gpus().collect::<Vec<_>>(), [0]);
         assert!(snap.cpu.unwrap().target_alive >= 1);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn spawned_sampler_delivers_and_recycles() {
-        let s = SamplerBuilder::new(no_hw_roots())
-            .config(SamplerConfig {
-                interval: Duration::from_millis(10),
-                ..model()
-            })
-            .build();
-        let (_tx, rx) = watch::channel(vec![std::process::id()]);
-        let mut h = s.spawn(rx);
-        let mut last = None;
-        for _ in 0..5 {
-            let snap = h.recv().await.unwrap();
-            assert_eq!(snap.readings.len(), 1);
-            assert_eq!(snap.cpu.unwrap().target_alive, 1, "initial targets applied");
-            last = Some(snap.seq);
-            h.recycle(snap);
-        }
-        assert!(last.unwrap() >= 4);
-        let s = h.stop().await.unwrap();
-        assert_eq!(s.domains().len(), 1);
     }
 }

@@ -10,7 +10,7 @@
 //! through serde.
 use std::{io::Write as _, net::SocketAddr};
 
-use super::records::{Kind, RequestRecord};
+use super::records::{Body as _, Kind, RequestRecord, VERSION};
 use crate::spans::Protocol;
 
 #[inline]
@@ -121,9 +121,9 @@ impl RequestRecord<'_> {
     /// From `v` to `http`.
     fn write_request(&self, out: &mut Vec<u8>) {
         lit(out, "{\"v\":");
-        uint(out, self.v);
+        uint(out, VERSION);
         lit(out, ",\"type\":");
-        lit(out, kind_name(self.kind));
+        lit(out, kind_name(Self::KIND));
         lit(out, ",\"start\":\"");
         out.extend_from_slice(self.start.as_str().as_bytes());
         lit(out, "\",\"end\":\"");
@@ -268,7 +268,7 @@ mod tests {
         attribution::EnergyJoules,
         output::{
             SecondCache, WallClock,
-            records::{Bytes, Conn, FlagList, Http, Tokens},
+            records::{Bytes, Conn, Envelope, FlagList, Http, Tokens},
         },
         pricing::CostUsd,
     };
@@ -384,8 +384,6 @@ mod tests {
             let clock = WallClock::fixed(1_700_000_000_000_000_000);
             let mut cache = SecondCache::default();
             let rec = RequestRecord {
-                v: 1,
-                kind: Kind::Request,
                 start: clock.stamp(h.start, &mut cache),
                 end: clock.stamp(h.start + h.dur, &mut cache),
                 duration_ms: h.dur as f64 / 1e6,
@@ -413,7 +411,7 @@ mod tests {
             };
             let mut ours = Vec::new();
             rec.write_json(&mut ours);
-            let theirs = serde_json::to_vec(&rec).unwrap();
+            let theirs = serde_json::to_vec(&Envelope::new(&rec)).unwrap();
             prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
         }
     }

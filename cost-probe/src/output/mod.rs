@@ -1,18 +1,36 @@
-//! Sinks: NDJSON records (stdout or a file) and the wall clock they are stamped with.
+//! Outputs: the records of a run, and the sinks they go to.
+//!
+//! [`Outputs`] is the last stage of the data path. It turns a priced request, an attributed
+//! interval, a kernel drop count or the end of the run into records (one envelope each, see
+//! [`records`]), feeds the two stages that derive records from records (the run `summary`, and
+//! the budget/anomaly alert engine, whose `alert` records go out like any other), and hands
+//! every record to every [`Sink`]: NDJSON ([`ndjson`]) and Prometheus ([`metrics`]) today.
 mod json;
 pub mod metrics;
+pub mod ndjson;
 pub mod records;
 pub mod summary;
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{self, BufWriter, Write},
-    path::{Path, PathBuf},
+    collections::{BTreeMap, HashMap},
+    io,
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use serde::Serialize;
 
+use self::{
+    records::{IntervalRecord, LostRecord, RequestRecord},
+    summary::{Sample, Summary, SummaryRecord},
+};
+use crate::{
+    alerts::{Alert, AlertEngine, Observation},
+    attribution::{IntervalReport, RequestEnergy},
+    pricing::RequestCost,
+    rules::{PathNormalizer, Rules},
+    spans::{Flags, RequestSpan, Stats},
+};
 /// Converts `CLOCK_MONOTONIC` ns (eBPF and sampler time) to wall time, once, at the sink.
 #[derive(Clone, Copy, Debug)]
 pub struct WallClock {
@@ -126,92 +144,282 @@ pub struct SecondCache {
     prefix: String,
 }
 
-/// Where records go: `-` for stdout, else a file (appended; reopened on request for logrotate).
-pub struct Sink {
-    path: Option<PathBuf>,
-    out: BufWriter<Box<dyn Write + Send>>,
-    /// The reader went away (closed pipe): stop writing, exit normally.
-    pub closed: bool,
-    line: Vec<u8>,
+/// One record, as every sink receives it: the typed body, and for requests and intervals what
+/// they were made from (metrics label by the span's method and status, and count per domain).
+#[derive(Clone, Copy)]
+pub enum Record<'a> {
+    Request {
+        span: &'a RequestSpan,
+        record: &'a RequestRecord<'a>,
+    },
+    Interval {
+        report: &'a IntervalReport,
+        record: &'a IntervalRecord,
+        /// The span builder's counters at this interval's end.
+        spans: &'a Stats,
+    },
+    Lost(&'a LostRecord),
+    Alert(&'a Alert),
+    Summary(&'a SummaryRecord<'a>),
 }
 
-fn open(path: Option<&Path>) -> io::Result<Box<dyn Write + Send>> {
-    Ok(match path {
-        None => Box::new(io::stdout()),
-        Some(p) => match p.to_str().and_then(|s| s.strip_prefix("unix:")) {
-            // A log shipper's listening socket (Vector `socket` source, Fluent Bit `unix`).
-            Some(sock) => Box::new(std::os::unix::net::UnixStream::connect(sock)?),
-            None => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
-        },
-    })
-}
+/// Where records go. Sinks run on the consumer thread: a write must not block on the network.
+pub trait Sink: Send {
+    fn write(&mut self, record: &Record<'_>) -> io::Result<()>;
 
-impl Sink {
-    pub fn new(path: &str) -> io::Result<Self> {
-        let path = (path != "-").then(|| PathBuf::from(path));
-        Ok(Self {
-            out: BufWriter::with_capacity(64 * 1024, open(path.as_deref())?),
-            path,
-            closed: false,
-            line: Vec::with_capacity(1024),
-        })
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 
-    /// Reopens the output file (after logrotate moved it); no-op for stdout.
-    pub fn reopen(&mut self) -> io::Result<()> {
-        if self.path.is_some() {
-            self.flush()?;
-            self.out = BufWriter::with_capacity(64 * 1024, open(self.path.as_deref())?);
+    /// The reader went away (a closed pipe): the run may end normally.
+    fn closed(&self) -> bool {
+        false
+    }
+
+    /// New rules (SIGHUP): label sets start afresh.
+    fn set_rules(&mut self, _rules: &Rules) {}
+
+    /// SIGHUP: a file is reopened (logrotate moved it).
+    fn reopen(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `--output`: where NDJSON records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputTarget {
+    Stdout,
+    /// A file, appended to and reopened on SIGHUP.
+    File(PathBuf),
+    /// A listening unix stream socket (Vector's `socket` source, Fluent Bit's `unix`).
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for OutputTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" => Err("empty output path".into()),
+            "-" => Ok(Self::Stdout),
+            _ => Ok(match s.strip_prefix("unix:") {
+                Some("") => return Err("unix: needs a socket path".into()),
+                Some(sock) => Self::Unix(sock.into()),
+                None => Self::File(s.into()),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for OutputTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stdout => f.write_str("-"),
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A priced request's energy and cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Price<'a> {
+    pub energy: &'a RequestEnergy,
+    pub cost: &'a RequestCost,
+}
+
+/// Entries in the path-normalization cache before it is cleared.
+const NORMALIZED_CACHE: usize = 4096;
+
+/// Every sink of a run, and the stages that derive records from records.
+pub struct Outputs {
+    clock: WallClock,
+    seconds: SecondCache,
+    sinks: Vec<Box<dyn Sink>>,
+    summary: Summary,
+    alerts: Option<AlertEngine>,
+    normalizer: PathNormalizer,
+    /// Raw path → normalized path, for summary groups (normalizing allocates, and paths repeat).
+    normalized: HashMap<String, String>,
+}
+
+impl Outputs {
+    /// `alerts`: whether `[[budget]]` and `[[anomaly]]` rules fire (the agent's job).
+    #[must_use]
+    pub fn new(rules: &Rules, sinks: Vec<Box<dyn Sink>>, alerts: bool) -> Self {
+        Self {
+            clock: WallClock::now(),
+            seconds: SecondCache::default(),
+            sinks,
+            summary: Summary::default(),
+            alerts: alerts.then(|| AlertEngine::new(rules)),
+            normalizer: PathNormalizer::new(rules),
+            normalized: HashMap::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
+    }
+
+    fn dispatch(&mut self, record: &Record<'_>) -> io::Result<()> {
+        for s in &mut self.sinks {
+            s.write(record)?;
         }
         Ok(())
     }
 
-    /// Writes one `request` record as a JSON line (see [`json`]).
-    pub fn write_request(&mut self, record: &records::RequestRecord<'_>) -> io::Result<()> {
-        if self.closed {
-            return Ok(());
+    /// One finished request: its record to every sink, then the summary and the alerts.
+    pub fn request(
+        &mut self,
+        span: &RequestSpan,
+        comm: &str,
+        price: Option<Price<'_>>,
+        tags: &BTreeMap<String, String>,
+    ) -> io::Result<()> {
+        let mut rec = RequestRecord::from_span(span, comm, &self.clock, &mut self.seconds);
+        match price {
+            Some(p) => rec = rec.priced(p.energy, p.cost, tags),
+            None => rec.tags = std::borrow::Cow::Borrowed(tags),
         }
-        self.line.clear();
-        record.write_json(&mut self.line);
-        self.line.push(b'\n');
-        let r = self.out.write_all(&self.line);
-        self.check(r)
+        self.dispatch(&Record::Request { span, record: &rec })?;
+        if span.flags.contains(Flags::PARTIAL) {
+            self.summary.totals.partial_requests += 1;
+        }
+        // Summary groups use the normalized path (bounded: never one group per user id).
+        let path = match span.path.as_deref() {
+            Some(p) => Some(normalized(&mut self.normalized, &self.normalizer, p)),
+            None => None,
+        };
+        self.summary.add_with(
+            path,
+            span.model.as_deref(),
+            &rec.tags,
+            Sample {
+                latency_ms: rec.duration_ms,
+                energy_j: rec.energy_j.map(|e| e.total),
+                cost_usd: rec.cost_usd.map(|c| c.total),
+                tokens: span.usage.total(),
+            },
+        );
+        let Some(engine) = self.alerts.as_mut() else {
+            return Ok(());
+        };
+        let fired = engine.observe(&Observation {
+            time: self.clock.system_time(span.end),
+            cost_usd: rec.cost_usd.map(|c| c.total),
+            energy_j: rec.energy_j.map(|e| e.total),
+            tags: &rec.tags,
+        });
+        for a in &fired {
+            log::warn!(
+                "alert {}: {} {:.6} over {:.6}",
+                a.rule,
+                a.kind.as_str(),
+                a.observed,
+                a.threshold
+            );
+            self.dispatch(&Record::Alert(a))?;
+        }
+        Ok(())
     }
 
-    /// Writes one record as a JSON line.
-    pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
-        if self.closed {
+    /// One attributed interval.
+    pub fn interval(&mut self, report: &IntervalReport, spans: &Stats) -> io::Result<()> {
+        let record = IntervalRecord::new(report, &self.clock);
+        self.dispatch(&Record::Interval {
+            report,
+            record: &record,
+            spans,
+        })
+    }
+
+    /// Events the kernel dropped (ring buffer full) since the last call.
+    pub fn lost(&mut self, events: u64, now: u64) -> io::Result<()> {
+        if events == 0 {
             return Ok(());
         }
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, record)?;
-        self.line.push(b'\n');
-        let r = self.out.write_all(&self.line);
-        self.check(r)
+        self.summary.totals.lost_events += events;
+        log::warn!("{events} events dropped in the kernel (ring buffer full)");
+        let rec = LostRecord {
+            time: self.clock.rfc3339(now),
+            events,
+        };
+        self.dispatch(&Record::Lost(&rec))
+    }
+
+    /// The run's `summary` record, with the meter's totals of energy nobody's request used.
+    pub fn finish(&mut self, start: u64, end: u64, unattributed: Unattributed) -> io::Result<()> {
+        self.summary.totals.idle_j = Some(unattributed.idle_j);
+        self.summary.totals.idle_usd = Some(unattributed.idle_usd);
+        self.summary.totals.other_j = Some(unattributed.other_j);
+        let summary = std::mem::take(&mut self.summary);
+        let rec = summary.record(self.clock.rfc3339(start), self.clock.rfc3339(end));
+        self.dispatch(&Record::Summary(&rec))?;
+        self.flush()
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        if self.closed {
-            return Ok(());
+        for s in &mut self.sinks {
+            s.flush()?;
         }
-        let r = self.out.flush();
-        self.check(r)
+        Ok(())
     }
 
-    fn check(&mut self, r: io::Result<()>) -> io::Result<()> {
-        match r {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                self.closed = true;
-                Ok(())
-            }
-            r => r,
+    /// Whether a sink's reader went away (the run ends normally).
+    #[must_use]
+    pub fn closed(&self) -> bool {
+        self.sinks.iter().any(|s| s.closed())
+    }
+
+    /// New rules: alerts and path labels follow them, sinks restart their series.
+    pub fn set_rules(&mut self, rules: &Rules) {
+        if self.alerts.is_some() {
+            self.alerts = Some(AlertEngine::new(rules));
         }
+        self.normalizer = PathNormalizer::new(rules);
+        self.normalized.clear();
+        for s in &mut self.sinks {
+            s.set_rules(rules);
+        }
+    }
+
+    /// Reopens every sink's file (logrotate). Every sink is told even when one fails; the first
+    /// error is returned.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        let mut result = Ok(());
+        for s in &mut self.sinks {
+            if let Err(e) = s.reopen()
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+        result
     }
 }
 
-/// Opens a file for `--record` (raw events, one JSON line each).
-pub fn record_file(path: &Path) -> io::Result<BufWriter<File>> {
-    Ok(BufWriter::new(File::create(path)?))
+fn normalized<'a>(
+    cache: &'a mut HashMap<String, String>,
+    normalizer: &PathNormalizer,
+    path: &str,
+) -> &'a str {
+    if !cache.contains_key(path) {
+        if cache.len() >= NORMALIZED_CACHE {
+            cache.clear();
+        }
+        cache.insert(path.to_owned(), normalizer.normalize(path));
+    }
+    cache.get(path).map_or("", String::as_str)
+}
+
+/// Energy of a run that no request was charged, for the summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unattributed {
+    pub idle_j: f64,
+    pub idle_usd: f64,
+    pub other_j: f64,
 }
 
 #[cfg(test)]

@@ -1,12 +1,66 @@
 //! The NDJSON record schema (DESIGN.md "Records"). Unknown values are omitted, never invented.
+//!
+//! Every record is one body type behind one [`Envelope`]: `{"v":1,"type":"<kind>", …body}`. A new
+//! record type is a struct and a [`Body`] impl, never a new envelope.
 use std::{borrow::Cow, collections::BTreeMap, net::SocketAddr};
 
 use serde::Serialize;
 
 use super::{Stamp, WallClock};
-use crate::spans::{Protocol, RequestSpan};
+use crate::{
+    alerts::Alert,
+    attribution::{IdleSource, IntervalReport, RequestEnergy},
+    pricing::RequestCost,
+    spans::{Protocol, RequestSpan},
+};
 
 pub const VERSION: u32 = 1;
+
+/// A record body: what follows `v` and `type` in its line.
+pub trait Body: Serialize {
+    const KIND: Kind;
+}
+
+/// The fields every record starts with, then the body's.
+#[derive(Serialize, Debug)]
+pub struct Envelope<'a, T: Body> {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    #[serde(flatten)]
+    pub body: &'a T,
+}
+
+impl<'a, T: Body> Envelope<'a, T> {
+    #[must_use]
+    pub fn new(body: &'a T) -> Self {
+        Self {
+            v: VERSION,
+            kind: T::KIND,
+            body,
+        }
+    }
+}
+
+impl Body for RequestRecord<'_> {
+    const KIND: Kind = Kind::Request;
+}
+
+impl Body for IntervalRecord {
+    const KIND: Kind = Kind::Interval;
+}
+
+impl Body for LostRecord {
+    const KIND: Kind = Kind::Lost;
+}
+
+impl Body for Alert {
+    const KIND: Kind = Kind::Alert;
+}
+
+impl Body for super::summary::SummaryRecord<'_> {
+    const KIND: Kind = Kind::Summary;
+}
 
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -52,9 +106,6 @@ pub struct Tokens {
 /// A `request` record.
 #[derive(Serialize, Debug)]
 pub struct RequestRecord<'a> {
-    pub v: u32,
-    #[serde(rename = "type")]
-    pub kind: Kind,
     pub start: Stamp,
     pub end: Stamp,
     pub duration_ms: f64,
@@ -145,8 +196,6 @@ impl<'a> RequestRecord<'a> {
             completion: span.usage.completion,
         });
         Self {
-            v: VERSION,
-            kind: Kind::Request,
             start: clock.stamp(span.start, cache),
             end: clock.stamp(span.end, cache),
             duration_ms: ms(span.start, span.end),
@@ -189,13 +238,18 @@ impl<'a> RequestRecord<'a> {
 
     /// Adds the request's energy, price and tags.
     #[must_use]
-    pub fn priced(mut self, p: &'a crate::meter::Priced) -> Self {
-        self.energy_j = Some(p.energy.energy_j());
-        self.cost_usd = Some(p.cost.cost_usd);
-        self.co2_g = Some(p.cost.co2_g);
-        self.usd_per_1k_tokens = p.cost.usd_per_1k_tokens;
-        self.tags = Cow::Borrowed(&p.tags);
-        self.flags.extend(p.energy.flags.iter_names());
+    pub fn priced(
+        mut self,
+        energy: &RequestEnergy,
+        cost: &RequestCost,
+        tags: &'a BTreeMap<String, String>,
+    ) -> Self {
+        self.energy_j = Some(energy.energy_j());
+        self.cost_usd = Some(cost.cost_usd);
+        self.co2_g = Some(cost.co2_g);
+        self.usd_per_1k_tokens = cost.usd_per_1k_tokens;
+        self.tags = Cow::Borrowed(tags);
+        self.flags.extend(energy.flags.iter_names());
         self
     }
 }
@@ -203,22 +257,76 @@ impl<'a> RequestRecord<'a> {
 /// A `lost` record: events the kernel dropped (ring buffer full) since the last one.
 #[derive(Serialize, Debug)]
 pub struct LostRecord {
-    pub v: u32,
-    #[serde(rename = "type")]
-    pub kind: Kind,
     pub time: String,
     pub events: u64,
 }
 
-impl LostRecord {
+/// One domain's part of an `interval` record.
+#[derive(Serialize, Debug, Clone)]
+pub struct DomainPart {
+    pub domain: String,
+    pub measured_j: f64,
+    pub attributed_j: f64,
+    pub idle_j: f64,
+    pub other_j: f64,
+    /// Idle power used for the static part, and where it came from.
+    pub idle_w: f64,
+    pub idle_source: IdleSource,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub integrated: bool,
+}
+
+/// The `interval` record: one sampler tick's energy, split.
+#[derive(Serialize, Debug)]
+pub struct IntervalRecord {
+    pub start: String,
+    pub end: String,
+    pub measured_j: BTreeMap<String, f64>,
+    pub attributed_j: f64,
+    pub idle_j: f64,
+    pub other_j: f64,
+    pub active_requests: u32,
+    pub domains: Vec<DomainPart>,
+    /// Sampler cost of this tick (µs).
+    pub sampler_us: f64,
+}
+
+impl IntervalRecord {
     #[must_use]
-    pub fn new(time: String, events: u64) -> Self {
-        Self {
-            v: VERSION,
-            kind: Kind::Lost,
-            time,
-            events,
+    pub fn new(report: &IntervalReport, clock: &WallClock) -> Self {
+        let mut rec = Self {
+            start: clock.rfc3339(report.start.0),
+            end: clock.rfc3339(report.end.0),
+            measured_j: BTreeMap::new(),
+            attributed_j: 0.0,
+            idle_j: 0.0,
+            other_j: 0.0,
+            active_requests: 0,
+            domains: Vec::with_capacity(report.domains.len()),
+            sampler_us: report.sampler_cost.0 as f64 / 1e3,
+        };
+        for d in &report.domains {
+            let s = &d.split;
+            rec.measured_j.insert(d.id.clone(), s.measured.joules());
+            rec.attributed_j += s.attributed.joules();
+            rec.idle_j += s.idle.joules();
+            rec.other_j += s.other.joules();
+            rec.active_requests = rec.active_requests.max(s.active_requests);
+            rec.domains.push(DomainPart {
+                domain: d.id.clone(),
+                measured_j: s.measured.joules(),
+                attributed_j: s.attributed.joules(),
+                idle_j: s.idle.joules(),
+                other_j: s.other.joules(),
+                idle_w: s.idle_power_uw as f64 / 1e6,
+                idle_source: s.idle_source,
+                estimated: d.estimated,
+                integrated: d.integrated,
+            });
         }
+        rec
     }
 }
 
@@ -263,8 +371,8 @@ mod tests {
         };
         let clock = WallClock::fixed(1_700_000_000_000_000_000);
         let mut cache = super::super::SecondCache::default();
-        let v = serde_json::to_value(RequestRecord::from_span(&span, "srv", &clock, &mut cache))
-            .unwrap();
+        let rec = RequestRecord::from_span(&span, "srv", &clock, &mut cache);
+        let v = serde_json::to_value(Envelope::new(&rec)).unwrap();
         assert_eq!(v["type"], "request");
         assert_eq!(v["v"], 1);
         assert_eq!(v["start"], "2023-11-14T22:13:21.000000000Z");
@@ -274,5 +382,41 @@ mod tests {
         assert_eq!(v["flags"], serde_json::json!(["streamed"]));
         assert_eq!(v["ttfb_ms"], 10.0);
         assert!(v.get("energy_j").is_none());
+    }
+
+    /// Regression: the alert record named its `type` field differently from the others; every
+    /// record now gets `v` and `type` from the one envelope, first and in that order.
+    #[test]
+    fn every_record_starts_with_the_same_envelope() {
+        let lost = LostRecord {
+            time: "t".into(),
+            events: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&Envelope::new(&lost)).unwrap(),
+            r#"{"v":1,"type":"lost","time":"t","events":3}"#
+        );
+        let alert = Alert {
+            time: "t".into(),
+            rule: "r".into(),
+            kind: crate::alerts::AlertKind::Budget,
+            metric: "cost_usd",
+            threshold: 0.5,
+            observed: 1.0,
+            limit: 1.0,
+            amount_usd: None,
+            period: None,
+            period_start: None,
+            period_end: None,
+            baseline: None,
+            samples: None,
+            window_s: None,
+            tags: BTreeMap::new(),
+        };
+        let line = serde_json::to_string(&Envelope::new(&alert)).unwrap();
+        assert!(
+            line.starts_with(r#"{"v":1,"type":"alert","time":"t","rule":"r","kind":"budget""#),
+            "{line}"
+        );
     }
 }

@@ -8,8 +8,6 @@ use hdrhistogram::Histogram;
 use rustc_hash::FxHasher;
 use serde::Serialize;
 
-use super::records::{Kind, VERSION};
-
 /// A distribution kept as integers of `1/scale` units (3 significant figures).
 #[derive(Clone, Debug)]
 pub struct Dist {
@@ -158,9 +156,6 @@ struct GroupOut<'a> {
 /// The `summary` record.
 #[derive(Serialize, Debug)]
 pub struct SummaryRecord<'a> {
-    pub v: u32,
-    #[serde(rename = "type")]
-    pub kind: Kind,
     pub start: String,
     pub end: String,
     groups: Vec<GroupOut<'a>>,
@@ -248,8 +243,6 @@ impl Summary {
         totals.usd_per_1k_tokens =
             (self.tokens > 0).then(|| self.token_cost / self.tokens as f64 * 1000.0);
         SummaryRecord {
-            v: VERSION,
-            kind: Kind::Summary,
             start,
             end,
             groups: {
@@ -307,7 +300,8 @@ mod tests {
                 ..Sample::default()
             },
         );
-        let v = serde_json::to_value(s.record("a".into(), "b".into())).unwrap();
+        let rec = s.record("a".into(), "b".into());
+        let v = serde_json::to_value(crate::output::records::Envelope::new(&rec)).unwrap();
         assert_eq!(v["type"], "summary");
         assert_eq!(v["totals"]["requests"], 101);
         let a = &v["groups"][0];

@@ -1,6 +1,6 @@
-//! Decoding ring-buffer records, and an owned form of them for recorded fixtures.
+//! Kernel events: decoded in place from ring-buffer records, or owned for recorded fixtures.
 use std::{
-    mem::size_of,
+    mem::{offset_of, size_of},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -18,15 +18,25 @@ pub struct ConnId {
     pub id: u64,
 }
 
-/// A decoded event, borrowing payload bytes from the ring buffer.
-#[derive(Clone, Copy, Debug)]
-pub enum Event<'a> {
+/// One kernel event, over borrowed bytes (`Event<&[u8]>`, decoded in place from the ring buffer)
+/// or owned ones ([`OwnedEvent`], for recorded fixtures and tests).
+///
+/// Serialized as one JSON object per line (`attach --record`), payload bytes as Latin-1 strings
+/// so HTTP stays readable in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "ev",
+    rename_all = "lowercase",
+    bound(serialize = "B: AsRef<[u8]>", deserialize = "B: From<Vec<u8>>")
+)]
+pub enum Event<B> {
     Accept {
         ts: u64,
         conn: ConnId,
         peer: Option<SocketAddr>,
         listen_fd: i32,
         /// The kernel could not tell the socket family (no address buffer was passed).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         family_unknown: bool,
     },
     Data {
@@ -34,18 +44,24 @@ pub enum Event<'a> {
         conn: ConnId,
         dir: Direction,
         len: u64,
-        head: &'a [u8],
-        tail: &'a [u8],
+        #[serde(with = "latin1")]
+        head: B,
+        #[serde(with = "latin1", default = "latin1::empty")]
+        tail: B,
     },
     Close {
         ts: u64,
         conn: ConnId,
     },
+    #[serde(rename = "exit")]
     ProcExit {
         ts: u64,
         tgid: u32,
     },
 }
+
+/// An event that owns its payload bytes.
+pub type OwnedEvent = Event<Vec<u8>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,7 +72,7 @@ pub enum Direction {
     Out,
 }
 
-impl Event<'_> {
+impl<B: AsRef<[u8]>> Event<B> {
     #[must_use]
     pub fn ts(&self) -> u64 {
         match *self {
@@ -64,6 +80,43 @@ impl Event<'_> {
             | Event::Data { ts, .. }
             | Event::Close { ts, .. }
             | Event::ProcExit { ts, .. } => ts,
+        }
+    }
+
+    /// The same event over borrowed bytes.
+    #[must_use]
+    pub fn borrowed(&self) -> Event<&[u8]> {
+        match self {
+            &Event::Accept {
+                ts,
+                conn,
+                peer,
+                listen_fd,
+                family_unknown,
+            } => Event::Accept {
+                ts,
+                conn,
+                peer,
+                listen_fd,
+                family_unknown,
+            },
+            Event::Data {
+                ts,
+                conn,
+                dir,
+                len,
+                head,
+                tail,
+            } => Event::Data {
+                ts: *ts,
+                conn: *conn,
+                dir: *dir,
+                len: *len,
+                head: head.as_ref(),
+                tail: tail.as_ref(),
+            },
+            &Event::Close { ts, conn } => Event::Close { ts, conn },
+            &Event::ProcExit { ts, tgid } => Event::ProcExit { ts, tgid },
         }
     }
 }
@@ -93,8 +146,8 @@ fn conn_of(h: &EventHeader) -> ConnId {
     }
 }
 
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
+/// Decodes one ring-buffer record, borrowing its payload in place.
+pub fn decode(bytes: &[u8]) -> Result<Event<&[u8]>, DecodeError> {
     let h: EventHeader = read(bytes)?;
     let kind = EventKind::from_u16(h.kind).ok_or(DecodeError::Kind(h.kind))?;
     Ok(match kind {
@@ -103,11 +156,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 return Err(DecodeError::Short(bytes.len()));
             }
             // Only the fixed part is copied; the payload is borrowed in place.
-            let len: u64 = read(&bytes[32..])?;
-            let head_len: u16 = read(&bytes[40..])?;
-            let tail_len: u16 = read(&bytes[42..])?;
-            let head_at = 48;
-            let tail_at = head_at + cost_probe_common::HEAD_LEN;
+            let len: u64 = read(&bytes[offset_of!(DataEvent, len)..])?;
+            let head_len: u16 = read(&bytes[offset_of!(DataEvent, head_len)..])?;
+            let tail_len: u16 = read(&bytes[offset_of!(DataEvent, tail_len)..])?;
+            let head_at = offset_of!(DataEvent, head);
+            let tail_at = offset_of!(DataEvent, tail);
             let head_len = usize::from(head_len).min(cost_probe_common::HEAD_LEN);
             let tail_len = usize::from(tail_len).min(cost_probe_common::TAIL_LEN);
             Event::Data {
@@ -151,131 +204,31 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             ts: h.ts_ns,
             tgid: h.tgid,
         },
-        EventKind::Fork => return Err(DecodeError::Kind(h.kind)),
     })
-}
-
-/// An event with owned payload, as stored in recorded fixtures (`attach --record`): one JSON
-/// object per line, payload bytes as Latin-1 strings so HTTP stays readable in the file.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "ev", rename_all = "lowercase")]
-pub enum OwnedEvent {
-    Accept {
-        ts: u64,
-        conn: ConnId,
-        peer: Option<SocketAddr>,
-        listen_fd: i32,
-    },
-    Data {
-        ts: u64,
-        conn: ConnId,
-        dir: Direction,
-        len: u64,
-        #[serde(with = "latin1")]
-        head: Vec<u8>,
-        #[serde(with = "latin1", default)]
-        tail: Vec<u8>,
-    },
-    Close {
-        ts: u64,
-        conn: ConnId,
-    },
-    Exit {
-        ts: u64,
-        tgid: u32,
-    },
-}
-
-impl OwnedEvent {
-    #[must_use]
-    pub fn from_event(e: &Event<'_>) -> Self {
-        match *e {
-            Event::Accept {
-                ts,
-                conn,
-                peer,
-                listen_fd,
-                ..
-            } => Self::Accept {
-                ts,
-                conn,
-                peer,
-                listen_fd,
-            },
-            Event::Data {
-                ts,
-                conn,
-                dir,
-                len,
-                head,
-                tail,
-            } => Self::Data {
-                ts,
-                conn,
-                dir,
-                len,
-                head: head.to_vec(),
-                tail: tail.to_vec(),
-            },
-            Event::Close { ts, conn } => Self::Close { ts, conn },
-            Event::ProcExit { ts, tgid } => Self::Exit { ts, tgid },
-        }
-    }
-
-    #[must_use]
-    pub fn as_event(&self) -> Event<'_> {
-        match self {
-            Self::Accept {
-                ts,
-                conn,
-                peer,
-                listen_fd,
-            } => Event::Accept {
-                ts: *ts,
-                conn: *conn,
-                peer: *peer,
-                listen_fd: *listen_fd,
-                family_unknown: false,
-            },
-            Self::Data {
-                ts,
-                conn,
-                dir,
-                len,
-                head,
-                tail,
-            } => Event::Data {
-                ts: *ts,
-                conn: *conn,
-                dir: *dir,
-                len: *len,
-                head,
-                tail,
-            },
-            Self::Close { ts, conn } => Event::Close {
-                ts: *ts,
-                conn: *conn,
-            },
-            Self::Exit { ts, tgid } => Event::ProcExit {
-                ts: *ts,
-                tgid: *tgid,
-            },
-        }
-    }
 }
 
 mod latin1 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&b.iter().map(|&c| char::from(c)).collect::<String>())
+    pub fn serialize<B: AsRef<[u8]>, S: Serializer>(b: &B, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(
+            &b.as_ref()
+                .iter()
+                .map(|&c| char::from(c))
+                .collect::<String>(),
+        )
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, B: From<Vec<u8>>, D: Deserializer<'de>>(d: D) -> Result<B, D::Error> {
         let s = String::deserialize(d)?;
         s.chars()
             .map(|c| u8::try_from(u32::from(c)).map_err(serde::de::Error::custom))
-            .collect()
+            .collect::<Result<Vec<u8>, _>>()
+            .map(B::from)
+    }
+
+    pub fn empty<B: From<Vec<u8>>>() -> B {
+        B::from(Vec::new())
     }
 }
 
@@ -344,9 +297,9 @@ mod tests {
     #[test]
     fn owned_events_round_trip_through_json() {
         let rec = data_record(3, b"\x00\xff\r\n", b"");
-        let owned = OwnedEvent::from_event(&decode(&rec).unwrap());
-        let line = serde_json::to_string(&owned).unwrap();
+        let ev = decode(&rec).unwrap();
+        let line = serde_json::to_string(&ev).unwrap();
         let back: OwnedEvent = serde_json::from_str(&line).unwrap();
-        assert_eq!(back, owned);
+        assert_eq!(back.borrowed(), ev);
     }
 }

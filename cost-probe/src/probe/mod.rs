@@ -1,7 +1,5 @@
 //! Loading the eBPF program, attaching its tracepoints, and reading its ring buffer.
-pub mod cgroup;
 pub mod event;
-pub mod procscan;
 mod ring;
 pub mod tracefs;
 
@@ -195,7 +193,7 @@ impl Probe {
         Ok(())
     }
 
-    /// Registers a connection that was accepted before attach (found by `procscan`).
+    /// Registers a connection that was accepted before attach (found in /proc by `host::ProcFs`).
     pub fn add_conn(&mut self, conn: ConnId) -> Result<(), ProbeError> {
         let key = ConnKey {
             tgid: conn.tgid,

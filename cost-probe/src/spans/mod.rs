@@ -180,7 +180,7 @@ impl SpanBuilder {
         }
     }
 
-    pub fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<SpanEvent>) {
+    pub fn on_event(&mut self, ev: &Event<&[u8]>, out: &mut Vec<SpanEvent>) {
         match *ev {
             Event::Accept { conn, peer, .. } => {
                 // A new accept on the same (tgid, fd) means the old connection is gone.

@@ -18,7 +18,7 @@ fn run(events: &[OwnedEvent]) -> (Vec<RequestSpan>, usize) {
     let mut b = SpanBuilder::default();
     let mut out = Vec::new();
     for e in events {
-        b.on_event(&e.as_event(), &mut out);
+        b.on_event(&e.borrowed(), &mut out);
     }
     b.flush(u64::MAX / 2, &mut out);
     let started = out
@@ -171,6 +171,7 @@ fn http2_preface_is_flagged_approximate() {
             conn,
             peer: None,
             listen_fd: 3,
+            family_unknown: false,
         },
         ev(
             1,
@@ -213,10 +214,11 @@ fn arb_event() -> impl Strategy<Value = OwnedEvent> {
             ts: 0,
             conn,
             peer: None,
-            listen_fd: 1
+            listen_fd: 1,
+            family_unknown: false,
         }),
         conn.prop_map(|conn| OwnedEvent::Close { ts: 0, conn }),
-        (0u32..2).prop_map(|tgid| OwnedEvent::Exit { ts: 0, tgid }),
+        (0u32..2).prop_map(|tgid| OwnedEvent::ProcExit { ts: 0, tgid }),
     ]
 }
 
@@ -229,13 +231,13 @@ proptest! {
             let t = i as u64 * 10;
             match e {
                 OwnedEvent::Data { ts, .. } | OwnedEvent::Accept { ts, .. }
-                | OwnedEvent::Close { ts, .. } | OwnedEvent::Exit { ts, .. } => *ts = t,
+                | OwnedEvent::Close { ts, .. } | OwnedEvent::ProcExit { ts, .. } => *ts = t,
             }
         }
         let mut b = SpanBuilder::default();
         let mut out = Vec::new();
         for e in &events {
-            b.on_event(&e.as_event(), &mut out);
+            b.on_event(&e.borrowed(), &mut out);
         }
         b.flush(1_000_000, &mut out);
         let mut open = std::collections::HashSet::new();

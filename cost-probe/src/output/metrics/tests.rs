@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::attribution::{CapacitySplit, DomainClass, DomainId, IdleSource};
+use crate::attribution::{CapacitySplit, DomainId, EnergyKind, IdleSource};
 use crate::units::{MicroJoules, Nanos};
 
 fn rules() -> Rules {
@@ -111,9 +111,9 @@ fn exposition_parses_as_prometheus_text() {
     m.observe_request(&obs("/v1/chat/completions", &tags));
     m.observe_interval(
         "gpu:0",
-        &IntervalRecord {
+        &IntervalSplit {
             domain: DomainId(0),
-            class: DomainClass::Gpu,
+            class: EnergyKind::Gpu,
             start: Nanos(0),
             end: Nanos(100_000_000),
             measured: MicroJoules(30_000_000),

@@ -1,77 +1,34 @@
-//! Metering: energy samples + spans → joules, dollars and tags per request.
+//! Metering: energy samples + spans → joules per request.
 //!
 //! Runs on the consumer thread, after each ring drain: the sampler ticks at `interval`, so every
 //! event up to the tick has already been turned into spans when the interval ending at the tick
 //! is attributed. A finished span waits here until the ledger has seen the interval holding its
-//! end, then comes out priced.
-use std::{collections::BTreeMap, time::Duration};
+//! end, then comes out with its energy (pricing and tags are the tracer's).
+use std::time::Duration;
 
 use rustc_hash::FxHashMap as HashMap;
-use serde::Serialize;
 
 use crate::{
-    attribution::{DomainClass, DomainId, DomainInterval, Ledger, RequestEnergy, Share},
+    attribution::{
+        DomainId, DomainInterval, DomainSplit, EnergyKind, IntervalReport, Ledger, RequestEnergy,
+        Share,
+    },
     energy::{
-        DomainClass as EnergyClass, Roots,
+        DomainClass, Roots,
         cpu_model::CpuModelParams,
         cputime::CpuSample,
         nvml::TargetShare,
         sampler::{Sampler, SamplerBuilder, SamplerConfig, Snapshot},
     },
-    output::{WallClock, records::Kind},
-    pricing::{Prices, RequestCost},
-    rules::{RequestInfo, Rules, Tagger},
+    rules::Rules,
     spans::RequestSpan,
     units::{MicroJoules, Nanos},
 };
 
-/// A finished request with its energy, price and tags.
-pub struct Priced {
+/// A finished request whose energy is final.
+pub struct Released {
     pub span: RequestSpan,
     pub energy: RequestEnergy,
-    pub cost: RequestCost,
-    pub tags: BTreeMap<String, String>,
-}
-
-/// One domain's part of an `interval` record.
-#[derive(Serialize, Debug, Clone)]
-pub struct DomainPart {
-    pub domain: String,
-    pub measured_j: f64,
-    pub attributed_j: f64,
-    pub idle_j: f64,
-    pub other_j: f64,
-    /// Idle power used for the static part, and where it came from.
-    pub idle_w: f64,
-    pub idle_source: crate::attribution::IdleSource,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub estimated: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub integrated: bool,
-}
-
-/// The `interval` record.
-#[derive(Serialize, Debug)]
-pub struct IntervalRecord {
-    pub v: u32,
-    #[serde(rename = "type")]
-    pub kind: Kind,
-    pub start: String,
-    pub end: String,
-    pub measured_j: BTreeMap<String, f64>,
-    pub attributed_j: f64,
-    pub idle_j: f64,
-    pub other_j: f64,
-    pub active_requests: u32,
-    pub domains: Vec<DomainPart>,
-    /// Sampler cost of this tick (µs).
-    pub sampler_us: f64,
-    /// The ledger's per-domain records (for metrics).
-    #[serde(skip)]
-    pub raw: Vec<(String, crate::attribution::IntervalRecord)>,
-    /// Ticks the sampler dropped before this one.
-    #[serde(skip)]
-    pub dropped: u64,
 }
 
 /// Run totals for the summary.
@@ -94,8 +51,6 @@ pub struct Meter {
     silent: Vec<bool>,
     prev_cpu: Option<CpuSample>,
     ledger: Ledger,
-    pub prices: Prices,
-    tagger: Tagger,
     held: HashMap<u64, RequestSpan>,
     targets: Vec<u32>,
     targets_dirty: bool,
@@ -105,15 +60,15 @@ pub struct Meter {
     order: Vec<(u64, u64, usize)>,
 }
 
-fn class_of(c: EnergyClass) -> Option<DomainClass> {
+fn kind_of(c: DomainClass) -> Option<EnergyKind> {
     match c {
-        EnergyClass::Gpu => Some(DomainClass::Gpu),
-        EnergyClass::CpuPackage | EnergyClass::Psys | EnergyClass::CpuModel => {
-            Some(DomainClass::Cpu)
+        DomainClass::Gpu => Some(EnergyKind::Gpu),
+        DomainClass::CpuPackage | DomainClass::Psys | DomainClass::CpuModel => {
+            Some(EnergyKind::Cpu)
         }
-        EnergyClass::Dram => Some(DomainClass::Dram),
+        DomainClass::Dram => Some(EnergyKind::Dram),
         // Core and uncore are inside the package: counting them too would double-count.
-        EnergyClass::Core | EnergyClass::Uncore => None,
+        DomainClass::Core | DomainClass::Uncore => None,
     }
 }
 
@@ -145,10 +100,9 @@ impl Meter {
     /// With a given sampler (tests use replayed sources).
     #[must_use]
     pub fn with_sampler(rules: &Rules, interval: Duration, sampler: Sampler) -> Self {
-        let gpu_model = sampler.gpus().next().and_then(|g| g.name.clone());
         let mut ledger = Ledger::new(rules.ledger_config());
         for (i, d) in sampler.domains().iter().enumerate() {
-            if d.class == EnergyClass::Gpu
+            if d.class == DomainClass::Gpu
                 && let Some(w) = rules.gpu_for(&d.label).1.idle_watts
             {
                 ledger.set_domain_idle_watts(DomainId(i as u32), w);
@@ -157,8 +111,6 @@ impl Meter {
         let snap = sampler.new_snapshot();
         let n = sampler.domains().len();
         Self {
-            prices: Prices::from_rules(rules, gpu_model.as_deref()),
-            tagger: rules.tagger(),
             sampler,
             snap,
             interval: Nanos(interval.as_nanos() as u64),
@@ -206,46 +158,39 @@ impl Meter {
         self.held.len()
     }
 
-    /// Samples when an interval has passed; returns the interval record and pushes the
+    /// Samples when an interval has passed; returns the interval's split and pushes the
     /// requests whose energy is now final.
-    pub fn tick_if_due(
-        &mut self,
-        now: Nanos,
-        clock: &WallClock,
-        out: &mut Vec<Priced>,
-    ) -> Option<IntervalRecord> {
+    pub fn tick_if_due(&mut self, now: Nanos, out: &mut Vec<Released>) -> Option<IntervalReport> {
         if now.0 < self.last_tick.0 + self.interval.0 {
             return None;
         }
+        // Intervals that came due while the consumer was busy are merged into this one.
+        let late = if self.last_tick.0 == 0 {
+            0
+        } else {
+            (now.0 - self.last_tick.0) / self.interval.0.max(1) - 1
+        };
         self.last_tick = now;
-        Some(self.tick(clock, out, false))
+        let mut report = self.tick(out, false);
+        report.late_ticks = late;
+        Some(report)
     }
 
     /// A last sample, then every held request (shutdown).
-    pub fn finish(&mut self, clock: &WallClock, out: &mut Vec<Priced>) -> IntervalRecord {
-        self.tick(clock, out, true)
+    pub fn finish(&mut self, out: &mut Vec<Released>) -> IntervalReport {
+        self.tick(out, true)
     }
 
-    fn tick(&mut self, clock: &WallClock, out: &mut Vec<Priced>, all: bool) -> IntervalRecord {
+    fn tick(&mut self, out: &mut Vec<Released>, all: bool) -> IntervalReport {
         if std::mem::take(&mut self.targets_dirty) {
             self.sampler.set_targets(&self.targets);
         }
         self.sampler.tick(&mut self.snap);
         let cpu_share = self.cpu_share();
-        let mut rec = IntervalRecord {
-            v: crate::output::records::VERSION,
-            kind: Kind::Interval,
-            start: String::new(),
-            end: clock.rfc3339(self.snap.at.0),
-            measured_j: BTreeMap::new(),
-            attributed_j: 0.0,
-            idle_j: 0.0,
-            other_j: 0.0,
-            active_requests: 0,
-            domains: Vec::new(),
-            sampler_us: self.snap.tick_cost.0 as f64 / 1e3,
-            raw: Vec::new(),
-            dropped: self.snap.dropped_before,
+        let mut rec = IntervalReport {
+            end: self.snap.at,
+            sampler_cost: self.snap.tick_cost,
+            ..IntervalReport::default()
         };
         let mut earliest = self.snap.at;
         self.read_now.fill(false);
@@ -257,12 +202,12 @@ impl Meter {
                 log::warn!("energy domain {} reports again", d.id);
             }
             let prev = self.last_at[idx].replace(r.at);
-            let (Some(class), Some(start)) = (class_of(d.class), prev) else {
+            let (Some(class), Some(start)) = (kind_of(d.class), prev) else {
                 continue;
             };
             let share = match class {
-                DomainClass::Gpu => gpu_share(&self.snap, r.domain),
-                DomainClass::Cpu | DomainClass::Dram => cpu_share,
+                EnergyKind::Gpu => gpu_share(&self.snap, r.domain),
+                EnergyKind::Cpu | EnergyKind::Dram => cpu_share,
             };
             let iv = DomainInterval {
                 domain: DomainId(u32::from(r.domain.0)),
@@ -275,7 +220,7 @@ impl Meter {
                 integrated: r.flags.integrated,
                 unmeasured: false,
                 devices: match class {
-                    DomainClass::Gpu => 1,
+                    EnergyKind::Gpu => 1,
                     _ => self.snap.cpu.map_or(1, |c| c.host.cpus.max(1)),
                 },
             };
@@ -284,26 +229,15 @@ impl Meter {
             self.totals.idle += ir.idle;
             self.totals.other += ir.other;
             self.totals.attributed += ir.attributed;
-            rec.measured_j.insert(d.id.clone(), ir.measured.joules());
-            rec.attributed_j += ir.attributed.joules();
-            rec.idle_j += ir.idle.joules();
-            rec.other_j += ir.other.joules();
-            rec.active_requests = rec.active_requests.max(ir.active_requests);
-            rec.domains.push(DomainPart {
-                domain: d.id.clone(),
-                measured_j: ir.measured.joules(),
-                attributed_j: ir.attributed.joules(),
-                idle_j: ir.idle.joules(),
-                other_j: ir.other.joules(),
-                idle_w: ir.idle_power_uw as f64 / 1e6,
-                idle_source: ir.idle_source,
+            rec.domains.push(DomainSplit {
+                id: d.id.clone(),
+                split: ir,
                 estimated: r.flags.estimated,
                 integrated: r.flags.integrated,
             });
-            rec.raw.push((d.id.clone(), ir));
         }
         self.close_silent_domains();
-        rec.start = clock.rfc3339(earliest.0);
+        rec.start = earliest;
         self.scratch.clear();
         if all {
             self.scratch.extend(self.ledger.drain_all());
@@ -314,8 +248,8 @@ impl Meter {
         rec
     }
 
-    /// Prices the requests the ledger released (in `scratch`) and pushes them to `out`.
-    fn release(&mut self, out: &mut Vec<Priced>) {
+    /// Pushes the requests the ledger released (in `scratch`) to `out`, in the order they ended.
+    fn release(&mut self, out: &mut Vec<Released>) {
         // The ledger releases in no particular order; records go out in the order requests
         // ended (pipelined requests: in pipeline order). Small keys are sorted, not the
         // records: at 100k requests/s a tick releases thousands of them.
@@ -331,7 +265,10 @@ impl Meter {
         order.sort_unstable();
         for &(_, id, i) in &order {
             if let Some(span) = self.held.remove(&id) {
-                out.push(self.price(span, ready[i].1));
+                out.push(Released {
+                    span,
+                    energy: ready[i].1,
+                });
             }
         }
         self.order = order;
@@ -353,7 +290,7 @@ impl Meter {
                 continue;
             }
             let d = &self.snap.domains[idx];
-            let Some(class) = class_of(d.class) else {
+            let Some(class) = kind_of(d.class) else {
                 continue;
             };
             if !self.silent[idx] {
@@ -398,36 +335,10 @@ impl Meter {
         }
     }
 
-    fn price(&self, span: RequestSpan, energy: RequestEnergy) -> Priced {
-        let tokens = span.usage.total();
-        let cost = self.prices.price(&energy, tokens);
-        let tags = self.tagger.tags(&RequestInfo {
-            method: span.method.as_deref(),
-            path: span.path.as_deref(),
-            port: span.local.map(|a| a.port()),
-            model: span.model.as_deref(),
-            comm: None,
-            cmdline: None,
-        });
-        Priced {
-            span,
-            energy,
-            cost,
-            tags,
-        }
-    }
-
-    /// Takes new prices and tag rules (SIGHUP). The ledger keeps its state and settings.
-    pub fn set_rules(&mut self, rules: &Rules) {
-        let gpu_model = self.sampler.gpus().next().and_then(|g| g.name.clone());
-        self.prices = Prices::from_rules(rules, gpu_model.as_deref());
-        self.tagger = rules.tagger();
-    }
-
-    /// The path normalizer of the rules (for bounded label sets).
+    /// The model name of the first GPU, for GPU prices.
     #[must_use]
-    pub fn tagger(&self) -> &Tagger {
-        &self.tagger
+    pub fn gpu_model(&self) -> Option<&str> {
+        self.sampler.gpus().next().and_then(|g| g.name.as_deref())
     }
 }
 
@@ -539,7 +450,7 @@ mod tests {
         .source(Box::new(Flaky {
             domains: vec![Domain {
                 id: "gpu:0".into(),
-                class: EnergyClass::Gpu,
+                class: DomainClass::Gpu,
                 source: SourceKind::Nvml,
                 label: "test GPU".into(),
                 flags: ReadingFlags::default(),
@@ -553,20 +464,19 @@ mod tests {
         let rules = Rules::builtin().unwrap();
         let interval = Duration::from_millis(5);
         let mut m = Meter::with_sampler(&rules, interval, sampler);
-        let clock = WallClock::fixed(0);
         let mut out = Vec::new();
         let t0 = crate::units::monotonic_now().0;
-        m.tick(&clock, &mut out, false); // baseline
+        m.tick(&mut out, false); // baseline
         m.started(1, t0);
         std::thread::sleep(Duration::from_millis(6));
-        m.tick(&clock, &mut out, false);
+        m.tick(&mut out, false);
         lost.store(true, Ordering::Relaxed);
         let end = crate::units::monotonic_now().0;
         m.finished(span(1, t0, end));
         // Silent for more than three intervals: the gap is closed and the request released.
         for _ in 0..5 {
             std::thread::sleep(Duration::from_millis(6));
-            m.tick(&clock, &mut out, false);
+            m.tick(&mut out, false);
         }
         assert_eq!(
             out.len(),

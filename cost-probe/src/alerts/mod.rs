@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::output::records::{Kind, VERSION};
 use crate::rules::schema::{AnomalyMetric, Period};
 use crate::rules::{Anomaly, Budget, Rules};
 
@@ -60,12 +59,9 @@ impl AlertKind {
     }
 }
 
-/// The `alert` record (DESIGN.md "Records").
+/// The `alert` record's body (DESIGN.md "Records"; `output::records` adds the envelope).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Alert {
-    pub v: u32,
-    #[serde(rename = "type")]
-    pub record: Kind,
     /// RFC 3339 UTC time of the request that fired it.
     pub time: String,
     pub rule: String,
@@ -223,8 +219,6 @@ impl BudgetState {
             }
             self.fired += 1;
             out.push(Alert {
-                v: VERSION,
-                record: Kind::Alert,
                 time: rfc3339_nanos(ns),
                 rule: self.rule.name.clone(),
                 kind: AlertKind::Budget,
@@ -280,8 +274,6 @@ impl AnomalyState {
                 } else if group.armed {
                     group.armed = false;
                     out.push(Alert {
-                        v: VERSION,
-                        record: Kind::Alert,
                         time: rfc3339_nanos(ns),
                         rule: self.rule.name.clone(),
                         kind: AlertKind::Anomaly,

@@ -2,7 +2,7 @@
 use std::{fmt::Write as _, sync::atomic::Ordering};
 
 use super::*;
-use crate::energy::nvml_replay::ReplayNvml;
+use crate::energy::nvml::replay::ReplayNvml;
 
 struct Run {
     src: NvmlSource,

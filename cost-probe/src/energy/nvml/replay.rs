@@ -13,10 +13,8 @@ use std::sync::{
 
 use serde::Deserialize;
 
-use super::{
-    MilliWatts,
-    nvml::{GpuUtilization, NvmlBackend, NvmlError, ProcessSample},
-};
+use super::{GpuUtilization, NvmlBackend, NvmlError, ProcessSample};
+use crate::energy::MilliWatts;
 use crate::units::Nanos;
 
 #[derive(Deserialize)]

@@ -379,5 +379,4 @@ impl EnergySource for RaplSource {
 }
 
 #[cfg(test)]
-#[path = "rapl_tests.rs"]
 mod tests;

@@ -23,12 +23,72 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use crate::alerts::Alert;
-use crate::attribution::IntervalRecord;
+use crate::attribution::IntervalSplit;
 use crate::rules::{PathNormalizer, Rules};
 use crate::spans;
 
+use super::{Record, Sink};
+
 pub use self::http::{serve, serve_listener};
+
+/// The Prometheus sink: every record updates the registry that `/metrics` serves (the HTTP
+/// server holds the other handle and only reads).
+pub struct PrometheusSink {
+    metrics: Arc<Mutex<Metrics>>,
+    max_series: usize,
+}
+
+impl PrometheusSink {
+    #[must_use]
+    pub fn new(metrics: Arc<Mutex<Metrics>>, max_series: usize) -> Self {
+        Self {
+            metrics,
+            max_series,
+        }
+    }
+}
+
+impl Sink for PrometheusSink {
+    fn write(&mut self, record: &Record<'_>) -> std::io::Result<()> {
+        let mut mx = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        match *record {
+            Record::Request { span, record } => mx.observe_request(&RequestObs {
+                method: span.method.as_deref(),
+                path: span.path.as_deref(),
+                status: span.status,
+                model: span.model.as_deref(),
+                tags: &record.tags,
+                duration_s: record.duration_ms / 1e3,
+                energy_j: record.energy_j.map(|e| e.total),
+                cost_usd: record.cost_usd.map(|c| c.total),
+                tokens: span.usage.total(),
+            }),
+            Record::Interval { report, spans, .. } => {
+                for d in &report.domains {
+                    mx.observe_interval(&d.id, &d.split);
+                }
+                mx.sampler(
+                    Duration::from_nanos(report.sampler_cost.0),
+                    report.late_ticks,
+                );
+                mx.span_stats(spans);
+            }
+            Record::Lost(l) => mx.lost(l.events),
+            Record::Alert(a) => mx.alert(a),
+            Record::Summary(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Label rules may have changed: series start afresh under the new ones.
+    fn set_rules(&mut self, rules: &Rules) {
+        *self.metrics.lock().unwrap_or_else(PoisonError::into_inner) =
+            Metrics::new(rules, self.max_series);
+    }
+}
 
 /// A label set: built-in labels in a fixed order, then tags by name.
 pub type Labels = Vec<(String, String)>;
@@ -405,7 +465,7 @@ impl Metrics {
     }
 
     /// One attribution interval of one energy domain (`gpu:0`, `rapl:package-0`, …).
-    pub fn observe_interval(&mut self, domain: &str, rec: &IntervalRecord) {
+    pub fn observe_interval(&mut self, domain: &str, rec: &IntervalSplit) {
         let labels = vec![("domain".to_owned(), sanitize(domain))];
         let (base, folded) = self.domain_series.admit(
             labels,

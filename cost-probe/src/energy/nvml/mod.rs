@@ -549,5 +549,6 @@ impl EnergySource for NvmlSource {
 }
 
 #[cfg(test)]
-#[path = "nvml_tests.rs"]
+pub(crate) mod replay;
+#[cfg(test)]
 mod tests;

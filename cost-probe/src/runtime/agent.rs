@@ -1,0 +1,178 @@
+//! `agent`: a long-running daemon that finds its targets by rules.
+//!
+//! One probe traces every target (the kernel's target table holds them all); one record stream
+//! carries them, each record with its pid, comm and the target's tags. Discovery rescans /proc
+//! every `discover` period, so a restarted server is traced again within that period.
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::{Control, RuntimeError, Session, SessionConfig};
+use crate::{
+    host::discovery::Discovery,
+    output::{
+        Sink,
+        metrics::{DEFAULT_MAX_SERIES, Metrics, PrometheusSink},
+    },
+    rules::Rules,
+};
+
+/// A validated `agent` invocation.
+pub struct AgentConfig {
+    pub session: SessionConfig,
+    /// Where the rules came from (reloaded from here on SIGHUP).
+    pub rules_dir: PathBuf,
+    /// How often /proc is scanned for new targets.
+    pub discover: Duration,
+}
+
+/// Flags the signal handlers set and the loop reads.
+#[derive(Debug, Default, Clone)]
+pub struct Signals {
+    /// SIGINT, SIGTERM: flush and exit.
+    pub stop: Arc<AtomicBool>,
+    /// SIGHUP: reload the rules, reopen the output file.
+    pub reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Installs the handlers (needs a tokio runtime).
+    #[must_use]
+    pub fn install() -> Self {
+        let s = Self::default();
+        super::stop_on_signals(&s.stop);
+        super::on_signals(&[(tokio::signal::unix::SignalKind::hangup(), s.reload.clone())]);
+        s
+    }
+}
+
+/// Discovery and reloads around the consumer loop.
+pub struct Agent<'a> {
+    config: &'a AgentConfig,
+    rules: Rules,
+    signals: &'a Signals,
+    discovery: Discovery,
+    last_discover: Option<Instant>,
+}
+
+impl Agent<'_> {
+    /// SIGHUP: new rules if they parse (else the old ones stay), and a reopened output file.
+    fn reload(&mut self, session: &mut Session) {
+        let dir = &self.config.rules_dir;
+        match Rules::load_dir(dir) {
+            Ok(new) => {
+                session.tracer.set_rules(&new);
+                self.rules = new;
+                eprintln!("cost-probe: rules reloaded from {}", dir.display());
+            }
+            Err(e) => eprintln!("cost-probe: rules: {e}; keeping the previous rules"),
+        }
+        if let Err(e) = session.tracer.reopen() {
+            eprintln!(
+                "cost-probe: cannot reopen {}: {e}",
+                self.config.session.output
+            );
+        }
+    }
+
+    /// Traces the processes a target rule matches that are not traced yet.
+    fn discover(&mut self, session: &mut Session) {
+        for (pid, root) in self.discovery.prune(&session.proc) {
+            eprintln!(
+                "cost-probe: pid {pid} ({}, rule {}) exited",
+                root.comm, root.rule
+            );
+        }
+        let found = self
+            .discovery
+            .scan(&session.proc, &self.rules.targets, std::process::id());
+        for f in found {
+            let mut tags = BTreeMap::from([("target".to_owned(), f.rule.clone())]);
+            if let Some(c) = session.proc.container(f.pid) {
+                if let Some(pod) = c.pod_uid {
+                    tags.insert("pod_uid".into(), pod);
+                }
+                if let Some(id) = c.container_id {
+                    tags.insert("container_id".into(), id);
+                }
+            }
+            match session.add_process(f.pid, Some(tags)) {
+                Ok(added) => {
+                    eprintln!(
+                        "cost-probe: tracing pid {} ({}) for target rule {} (+{} descendants)",
+                        f.pid,
+                        f.comm,
+                        f.rule,
+                        added.len() - 1
+                    );
+                    self.discovery.traced(f, &added);
+                }
+                Err(e) => eprintln!("cost-probe: cannot trace pid {} ({}): {e}", f.pid, f.comm),
+            }
+        }
+    }
+}
+
+impl Control for Agent<'_> {
+    fn before_drain(&mut self, session: &mut Session) {
+        if self.signals.reload.swap(false, Ordering::Relaxed) {
+            self.reload(session);
+        }
+        if self
+            .last_discover
+            .is_none_or(|t| t.elapsed() >= self.config.discover)
+        {
+            self.last_discover = Some(Instant::now());
+            self.discover(session);
+        }
+    }
+
+    fn after_drain(&mut self, _session: &mut Session, exited: &[u32], _check: bool) -> bool {
+        for &tgid in exited {
+            if let Some(r) = self.discovery.exited(tgid) {
+                eprintln!(
+                    "cost-probe: pid {tgid} ({}, rule {}) exited",
+                    r.comm, r.rule
+                );
+            }
+        }
+        false
+    }
+}
+
+/// Loads the probe and runs discovery and the consumer loop on this (blocking) thread until
+/// `signals.stop`. Records also update `metrics` (served by the caller).
+pub fn run(
+    config: &AgentConfig,
+    signals: &Signals,
+    metrics: Option<Arc<Mutex<Metrics>>>,
+) -> Result<(), RuntimeError> {
+    let rules = &config.session.rules;
+    if rules.targets.is_empty() {
+        return Err(RuntimeError::NoTargets(config.rules_dir.clone()));
+    }
+    let extra: Vec<Box<dyn Sink>> = metrics
+        .into_iter()
+        .map(|m| Box::new(PrometheusSink::new(m, DEFAULT_MAX_SERIES)) as Box<dyn Sink>)
+        .collect();
+    let session = Session::open(&config.session, extra, true, None)?;
+    eprintln!(
+        "cost-probe: agent running with {} target rule(s) from {}",
+        rules.targets.len(),
+        config.rules_dir.display()
+    );
+    let mut agent = Agent {
+        config,
+        rules: rules.clone(),
+        signals,
+        discovery: Discovery::default(),
+        last_discover: None,
+    };
+    session.run(&mut agent, &signals.stop)
+}
