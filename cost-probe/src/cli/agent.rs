@@ -1,17 +1,9 @@
 //! `cost-probe agent --rules DIR`: a daemon that finds its targets by rules.
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     host::ProcFs,
-    output::{
-        OutputTarget,
-        metrics::{self, DEFAULT_MAX_SERIES, Metrics},
-    },
+    output::{OutputTarget, metrics},
     runtime::{
         RuntimeError, SessionConfig,
         agent::{self, AgentConfig, Signals},
@@ -72,23 +64,7 @@ pub async fn run(args: AgentArgs) -> Result<(), RuntimeError> {
     let signals = Signals::install();
     let metrics = match args.metrics {
         MetricsAddr::Off => None,
-        MetricsAddr::On(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| RuntimeError::Metrics { addr, source })?;
-            let m = Arc::new(Mutex::new(Metrics::new(
-                &config.session.rules,
-                DEFAULT_MAX_SERIES,
-            )));
-            eprintln!("cost-probe: metrics on http://{addr}/metrics");
-            let served = m.clone();
-            tokio::spawn(async move {
-                if let Err(e) = metrics::serve_listener(listener, served).await {
-                    log::error!("metrics server stopped: {e}");
-                }
-            });
-            Some(m)
-        }
+        MetricsAddr::On(addr) => Some(agent::serve_metrics(addr, &config.session.rules).await?),
     };
     super::blocking(move || agent::run(&config, &signals, metrics)).await
 }

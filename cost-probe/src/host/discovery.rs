@@ -72,6 +72,9 @@ impl Discovery {
                 comm: fs.comm(pid),
             });
         }
+        // A match under another match is traced with it (its root's descendants are added).
+        let pids: HashSet<u32> = found.iter().map(|f| f.pid).collect();
+        found.retain(|f| !fs.ancestors(f.pid).any(|a| pids.contains(&a)));
         found
     }
 
@@ -131,4 +134,80 @@ fn matches(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use regex::Regex;
+
+    use super::*;
+
+    fn write_proc(root: &std::path::Path, pid: u32, parent: u32, comm: &str, cmdline: &str) {
+        let d = root.join(pid.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
+        std::fs::write(d.join("cmdline"), cmdline.replace(' ', "\0")).unwrap();
+        std::fs::write(
+            d.join("stat"),
+            format!(
+                "{pid} ({comm}) S {parent} {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0 \
+                 0 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    fn rule(name: &str, comm: Option<&str>, cmdline: Option<&str>) -> TargetRule {
+        TargetRule {
+            name: name.into(),
+            comm: comm.map(|c| Regex::new(c).unwrap()),
+            cmdline: cmdline.map(|c| Regex::new(c).unwrap()),
+            port: None,
+        }
+    }
+
+    #[test]
+    fn rules_pick_new_roots_and_skip_traced_descendants() {
+        let dir = tempfile::tempdir().unwrap();
+        write_proc(
+            dir.path(),
+            10,
+            1,
+            "python3",
+            "python3 -m vllm.entrypoints.api",
+        );
+        write_proc(dir.path(), 11, 10, "python3", "python3 -m vllm.worker");
+        write_proc(dir.path(), 20, 1, "python3", "python3 other.py");
+        write_proc(dir.path(), 30, 1, "ollama", "ollama serve");
+        let fs = ProcFs::new(dir.path());
+        let rules = [
+            rule("vllm", Some("^python3$"), Some(r"vllm\.")),
+            rule("ollama", Some("^ollama"), None),
+        ];
+        let mut d = Discovery::default();
+        let mut found = d.scan(&fs, &rules, 0);
+        found.sort_by_key(|f| f.pid);
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| (f.pid, f.rule.as_str()))
+                .collect::<Vec<_>>(),
+            [(10, "vllm"), (30, "ollama")],
+            "a match under another match is traced with it"
+        );
+        // Tracing 10 (and its child 11) leaves only the ollama server to add.
+        let vllm = found.remove(0);
+        d.traced(vllm, &[10, 11]);
+        let again = d.scan(&fs, &rules, 0);
+        assert_eq!(again.iter().map(|f| f.pid).collect::<Vec<_>>(), [30]);
+        // Its own pid is never a target.
+        assert!(d.scan(&fs, &rules, 30).is_empty());
+        // A root that is gone is reported once.
+        std::fs::remove_dir_all(dir.path().join("10")).unwrap();
+        let gone = d.prune(&fs);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, 10);
+        assert_eq!(gone[0].1.rule, "vllm");
+        assert!(d.prune(&fs).is_empty());
+    }
 }

@@ -146,6 +146,26 @@ impl Control for Agent<'_> {
     }
 }
 
+/// Serves Prometheus metrics on `addr` (on the tokio runtime) and returns the registry the
+/// agent's Prometheus sink updates.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    rules: &Rules,
+) -> Result<Arc<Mutex<Metrics>>, RuntimeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RuntimeError::Metrics { addr, source })?;
+    let m = Arc::new(Mutex::new(Metrics::new(rules, DEFAULT_MAX_SERIES)));
+    eprintln!("cost-probe: metrics on http://{addr}/metrics");
+    let served = m.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::output::metrics::serve_listener(listener, served).await {
+            log::error!("metrics server stopped: {e}");
+        }
+    });
+    Ok(m)
+}
+
 /// Loads the probe and runs discovery and the consumer loop on this (blocking) thread until
 /// `signals.stop`. Records also update `metrics` (served by the caller).
 pub fn run(
