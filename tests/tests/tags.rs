@@ -14,8 +14,8 @@ use std::{
 use cost_probe_tests::{Attach, Client, Proc, Records, Server, bin, require_kernel, workspace};
 use serde_json::Value;
 
-/// A path-only rule (fires today), a comm-only rule, and a path + comm rule shaped like the
-/// built-in `path = "/api/*", comm = "ollama*"` one.
+/// A path-only rule, a comm-only rule, a path + comm rule shaped like the built-in
+/// `path = "/api/*", comm = "ollama*"` one, and a cmdline rule (which was dead the same way).
 const TAG_RULES: &str = r#"
 [[tag]]
 path = "/fixed"
@@ -29,6 +29,10 @@ set = { team = "ml", proc = "$comm" }
 path = "/fixed"
 comm = "costprobe-*"
 set = { endpoint = "$path" }
+
+[[tag]]
+cmdline = "sse_server\\.py"
+set = { script = "sse" }
 "#;
 
 const REQUESTS: usize = 5;
@@ -85,6 +89,10 @@ fn assert_comm_tags(records: &Records, comm: &str) {
             ),
             "the comm rules (comm = \"costprobe-*\") must fire for a process named {comm:?}; \
              tags = {tags}"
+        );
+        assert_eq!(
+            tags["script"], "sse",
+            "a cmdline rule fires on the process's command line: {tags}"
         );
     }
 }
