@@ -28,6 +28,9 @@ pub enum EventKind {
     Close = 4,
     /// A traced process (thread-group leader) exited ([`EventHeader`] only).
     ProcExit = 5,
+    /// Any process on the host executed a new program ([`EventHeader`] only; only while the
+    /// agent watches for new targets).
+    Exec = 6,
 }
 
 impl EventKind {
@@ -39,6 +42,7 @@ impl EventKind {
             3 => Self::Write,
             4 => Self::Close,
             5 => Self::ProcExit,
+            6 => Self::Exec,
             _ => return None,
         })
     }

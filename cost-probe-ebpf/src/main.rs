@@ -1,6 +1,7 @@
 //! Kernel side of cost-probe: tracepoints only (these kernels have no kprobes, and fentry is
 //! refused): a BTF tracepoint on the raw `sys_exit` tracepoint for data syscalls and accepts,
-//! `syscalls:sys_enter_close`, and `sched:sched_process_{fork,exit}`.
+//! `syscalls:sys_enter_close`, `sched:sched_process_{fork,exit}`, and for the agent
+//! `sched:sched_process_exec`.
 //!
 //! It stays dumb on purpose: filter by syscall number and connection, remember which fds are
 //! accepted TCP connections of the targets, copy a bounded head and tail of each payload from

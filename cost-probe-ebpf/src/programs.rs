@@ -508,3 +508,15 @@ fn try_sched_exit() -> Result<u32, u32> {
     emit(header(pid_tgid, -1, 0, EventKind::ProcExit, 0), true);
     Ok(0)
 }
+
+/// sched:sched_process_exec: any process on the host (attached by the agent only, which looks
+/// for new targets): a restarted server is checked against the target rules at once instead of
+/// at the next /proc scan.
+///   __data_loc char[] filename; pid_t pid; pid_t old_pid
+#[tracepoint]
+pub fn sched_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Execs are rare and discovery should see them now: wake the consumer.
+    emit(header(pid_tgid, -1, 0, EventKind::Exec, 0), true);
+    0
+}

@@ -49,7 +49,9 @@ fn workload(copies: u64, rounds: u64) -> Vec<OwnedEvent> {
                     OwnedEvent::Accept { ts, conn, .. }
                     | OwnedEvent::Data { ts, conn, .. }
                     | OwnedEvent::Close { ts, conn } => remap(conn, ts),
-                    OwnedEvent::ProcExit { ts, .. } => *ts = *ts - t0 + shift,
+                    OwnedEvent::ProcExit { ts, .. } | OwnedEvent::Exec { ts, .. } => {
+                        *ts = *ts - t0 + shift;
+                    }
                 }
                 out.push(e);
             }

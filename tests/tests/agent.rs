@@ -21,6 +21,11 @@ struct Agent {
 
 impl Agent {
     fn start(rules: &Path, out: &Path, metrics: u16) -> Self {
+        Self::start_with(rules, out, metrics, 200)
+    }
+
+    /// With /proc scanned every `discover_ms`.
+    fn start_with(rules: &Path, out: &Path, metrics: u16, discover_ms: u64) -> Self {
         let mut child = Command::new(bin())
             .args(["agent", "--rules"])
             .arg(rules)
@@ -28,7 +33,7 @@ impl Agent {
                 "--metrics",
                 &format!("127.0.0.1:{metrics}"),
                 "--discover",
-                "200",
+                &discover_ms.to_string(),
                 "--output",
             ])
             .arg(out)
@@ -371,4 +376,121 @@ fn budget_alert_fires_once_per_threshold() {
         assert_eq!(a["rule"], "tiny");
         assert_eq!(a["kind"], "budget");
     }
+}
+
+/// Regression (#10.13): a server restarted and loaded at once lost its first requests (no record,
+/// no `lost` record) until the next /proc scan found it. The kernel reports execs, so the new
+/// process is checked against the target rules at once: here the periodic scan is a minute
+/// away, so only the exec can find it.
+#[test]
+fn a_restarted_server_is_traced_from_its_first_request() {
+    require_kernel!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_rules(dir.path(), port);
+    let out = dir.path().join("records.ndjson");
+    let agent = Agent::start_with(dir.path(), &out, free_port(), 60_000);
+    // Long after the agent's first scan: the next one is a minute away.
+    thread::sleep(Duration::from_secs(1));
+    let server = python_on(port);
+    // The first request goes out the moment the server listens.
+    for i in 0..20 {
+        assert_eq!(
+            http_get(port, &format!("/fixed?size={}", i + 1)).len(),
+            i + 1
+        );
+    }
+    let pid = server.proc.pid();
+    let records = agent.stop();
+    let mine: Vec<&Value> = records
+        .requests()
+        .into_iter()
+        .filter(|r| r["pid"] == pid)
+        .collect();
+    assert_eq!(
+        mine.len(),
+        20,
+        "every request of the new server has a record"
+    );
+    assert!(records.of_type("lost").is_empty());
+}
+
+/// Regression (#10.3): `agent --output - | head -1` kept tracing and discarding records forever,
+/// saying nothing. A reader that goes away ends the run normally, as it does for `attach`.
+#[test]
+fn the_agent_stops_when_its_output_reader_goes_away() {
+    require_kernel!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_rules(dir.path(), port);
+    let server = python_on(port);
+    let mut child = Command::new(bin())
+        .args(["agent", "--rules"])
+        .arg(dir.path())
+        .args(["--metrics", "off", "--output", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    // Interval records flow as soon as the sampler runs; requests make more.
+    http_get(server.port, "/fixed?size=1");
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    drop(stdout);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        http_get(server.port, "/fixed?size=1");
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent kept running after its reader went away");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
+
+/// Regression (#10.3): the same for a `unix:` sink whose reader closed.
+#[test]
+fn the_agent_stops_when_its_unix_socket_reader_closes() {
+    require_kernel!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_rules(dir.path(), port);
+    let server = python_on(port);
+    let sock = dir.path().join("records.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut child = Command::new(bin())
+        .args(["agent", "--rules"])
+        .arg(dir.path())
+        .args(["--metrics", "off", "--output"])
+        .arg(format!("unix:{}", sock.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let (conn, _) = listener.accept().unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut first = String::new();
+    http_get(server.port, "/fixed?size=1");
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    drop(reader);
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        http_get(server.port, "/fixed?size=1");
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent kept running after its socket's reader closed");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
 }

@@ -470,3 +470,36 @@ while True:
         .collect();
     assert_eq!(paths, ["/after-attach", "/second"]);
 }
+
+/// Regression (#10.14): `attach --pid` of an nginx master that was killed (`SIGKILL`) exited although its
+/// workers kept serving, and their later requests had no record.
+#[test]
+fn attach_keeps_tracing_workers_after_their_master_is_killed() {
+    require_kernel!();
+    let nginx = Nginx::start(2, &[("a", b"ok")]);
+    let workers = nginx.workers();
+    assert_eq!(workers.len(), 2);
+    let probe = Attach::start(nginx.master.pid(), &[]);
+    nginx.master.signal(libc::SIGKILL);
+    // The workers still hold the listening socket and keep answering.
+    let mut c = Client::connect(nginx.port);
+    for _ in 0..10 {
+        assert_eq!(c.get("/a").status, 200);
+    }
+    drop(c);
+    thread::sleep(Duration::from_millis(300));
+    for &w in &workers {
+        // SAFETY: plain kill(2) of the test's own nginx workers.
+        unsafe { libc::kill(w as i32, libc::SIGKILL) };
+    }
+    // Attach ends by itself once the last traced process is gone, with every request recorded.
+    let records = probe.wait(Duration::from_secs(10));
+    let logged = nginx.access_log().len();
+    assert_eq!(logged, 10);
+    assert_eq!(
+        records.requests().len(),
+        logged,
+        "one record per request served"
+    );
+    assert!(records.summary().is_object());
+}

@@ -24,6 +24,15 @@ pub struct Found {
     pub comm: String,
 }
 
+/// What [`Discovery::check`] says of one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    Found(Found),
+    /// It may match once it listens on a rule's port.
+    Wait,
+    No,
+}
+
 #[derive(Debug, Default)]
 pub struct Discovery {
     roots: HashMap<u32, Root>,
@@ -56,7 +65,9 @@ impl Discovery {
         let listening = listening_inodes(fs, rules);
         let mut found = Vec::new();
         for pid in fs.pids() {
-            if self.traced.contains(&pid) || pid == own {
+            // A zombie still has its name and cmdline but nothing to trace; tracing it only
+            // for `prune` to drop it again made the agent re-attach every scan.
+            if self.traced.contains(&pid) || pid == own || !fs.alive(pid) {
                 continue;
             }
             let Some(rule) = rules.iter().find(|t| matches(fs, t, pid, &listening)) else {
@@ -76,6 +87,40 @@ impl Discovery {
         let pids: HashSet<u32> = found.iter().map(|f| f.pid).collect();
         found.retain(|f| !fs.ancestors(f.pid).any(|a| pids.contains(&a)));
         found
+    }
+
+    /// Checks one process (just exec'd) against the rules. `Wait` means a rule's name and
+    /// command line match but its port is not listening yet (a server that is starting): ask
+    /// again soon.
+    pub fn check(&mut self, fs: &ProcFs, rules: &[TargetRule], pid: u32, own: u32) -> Check {
+        if self.traced.contains(&pid) || pid == own || !fs.alive(pid) {
+            return Check::No;
+        }
+        if fs.ancestors(pid).any(|a| self.traced.contains(&a)) {
+            self.traced.insert(pid);
+            return Check::No;
+        }
+        let listening = listening_inodes(fs, rules);
+        if let Some(rule) = rules.iter().find(|t| matches(fs, t, pid, &listening)) {
+            return Check::Found(Found {
+                pid,
+                rule: rule.name.clone(),
+                comm: fs.comm(pid),
+            });
+        }
+        let waiting = rules.iter().any(|t| {
+            t.port.is_some()
+                && matches(
+                    fs,
+                    &TargetRule {
+                        port: None,
+                        ..t.clone()
+                    },
+                    pid,
+                    &listening,
+                )
+        });
+        if waiting { Check::Wait } else { Check::No }
     }
 
     /// `found` and the processes `added` with it (its descendants) are traced now.
@@ -166,8 +211,9 @@ mod tests {
         }
     }
 
+    /// Regression (#10.9): the agent re-attached to a zombie on every scan, logging each time.
     #[test]
-    fn rules_pick_new_roots_and_skip_traced_descendants() {
+    fn rules_pick_new_roots_skip_traced_descendants_and_never_a_zombie() {
         let dir = tempfile::tempdir().unwrap();
         write_proc(
             dir.path(),
@@ -179,6 +225,12 @@ mod tests {
         write_proc(dir.path(), 11, 10, "python3", "python3 -m vllm.worker");
         write_proc(dir.path(), 20, 1, "python3", "python3 other.py");
         write_proc(dir.path(), 30, 1, "ollama", "ollama serve");
+        write_proc(dir.path(), 40, 1, "ollama", "ollama serve");
+        let stat = dir.path().join("40/stat");
+        let zombie = std::fs::read_to_string(&stat)
+            .unwrap()
+            .replace(") S ", ") Z ");
+        std::fs::write(&stat, zombie).unwrap();
         let fs = ProcFs::new(dir.path());
         let rules = [
             rule("vllm", Some("^python3$"), Some(r"vllm\.")),
@@ -193,7 +245,7 @@ mod tests {
                 .map(|f| (f.pid, f.rule.as_str()))
                 .collect::<Vec<_>>(),
             [(10, "vllm"), (30, "ollama")],
-            "a match under another match is traced with it"
+            "a match under another match is traced with it; a zombie (40) is not traced"
         );
         // Tracing 10 (and its child 11) leaves only the ollama server to add.
         let vllm = found.remove(0);

@@ -58,6 +58,11 @@ pub enum Event<B> {
         ts: u64,
         tgid: u32,
     },
+    /// A process executed a new program (the agent's discovery).
+    Exec {
+        ts: u64,
+        tgid: u32,
+    },
 }
 
 /// An event that owns its payload bytes.
@@ -79,7 +84,8 @@ impl<B: AsRef<[u8]>> Event<B> {
             Event::Accept { ts, .. }
             | Event::Data { ts, .. }
             | Event::Close { ts, .. }
-            | Event::ProcExit { ts, .. } => ts,
+            | Event::ProcExit { ts, .. }
+            | Event::Exec { ts, .. } => ts,
         }
     }
 
@@ -117,6 +123,7 @@ impl<B: AsRef<[u8]>> Event<B> {
             },
             &Event::Close { ts, conn } => Event::Close { ts, conn },
             &Event::ProcExit { ts, tgid } => Event::ProcExit { ts, tgid },
+            &Event::Exec { ts, tgid } => Event::Exec { ts, tgid },
         }
     }
 }
@@ -201,6 +208,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event<&[u8]>, DecodeError> {
             conn: conn_of(&h),
         },
         EventKind::ProcExit => Event::ProcExit {
+            ts: h.ts_ns,
+            tgid: h.tgid,
+        },
+        EventKind::Exec => Event::Exec {
             ts: h.ts_ns,
             tgid: h.tgid,
         },

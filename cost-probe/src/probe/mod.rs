@@ -24,6 +24,9 @@ const PROGRAMS: &[(&str, &str, &[&str])] = &[
     ("sched_exit", "sched", &["sched_process_exit"]),
 ];
 
+/// The agent's exec watch (see [`Probe::watch_exec`]).
+const EXEC: (&str, &str, &str) = ("sched_exec", "sched", "sched_process_exec");
+
 /// The BTF tracepoint program (`tp_btf`) and the raw tracepoint it attaches to: every syscall's
 /// exit, filtered by syscall number first. One raw tracepoint costs the traced process less than
 /// a perf tracepoint per syscall (no record is built for it), and at exit the saved registers
@@ -107,7 +110,7 @@ pub fn check_privileges() -> Result<(), ProbeError> {
 /// A loaded and attached probe.
 pub struct Probe {
     // Keeps the programs and their links alive.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     /// Owns the ring's fd (polled for wake-ups); records are read through `reader`.
     _ring: RingBuf<MapData>,
     reader: ring::Reader,
@@ -176,7 +179,7 @@ impl Probe {
         let targets = BpfHashMap::try_from(take(&mut ebpf, "TARGETS")?)?;
         let conns = BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             _ring: ring,
             reader,
             lost,
@@ -187,10 +190,30 @@ impl Probe {
         })
     }
 
+    /// Also reports every exec on the host ([`Event::Exec`]), so the agent checks a new process
+    /// against its target rules at once.
+    pub fn watch_exec(&mut self) -> Result<(), ProbeError> {
+        let (name, category, tp) = EXEC;
+        let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
+        prog.load()
+            .and_then(|()| prog.attach(category, tp).map(drop))
+            .map_err(|source| ProbeError::Program {
+                name: format!("{name} → {category}:{tp}"),
+                source,
+            })
+    }
+
     /// Starts tracing a process (by tgid).
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
         self.targets.insert(tgid, 1, 0)?;
         Ok(())
+    }
+
+    /// The traced process ids the kernel holds now: the targets added, and every process they
+    /// forked since (exits remove them). May briefly include thread ids of live processes.
+    #[must_use]
+    pub fn targets(&self) -> Vec<u32> {
+        self.targets.keys().filter_map(Result::ok).collect()
     }
 
     /// Registers a connection that was accepted before attach (found in /proc by `host::ProcFs`).

@@ -15,7 +15,7 @@ use std::{
 
 use super::{Control, RuntimeError, Session, SessionConfig};
 use crate::{
-    host::discovery::Discovery,
+    host::discovery::{Check, Discovery, Found},
     output::{
         Sink,
         metrics::{DEFAULT_MAX_SERIES, Metrics, PrometheusSink},
@@ -59,7 +59,14 @@ pub struct Agent<'a> {
     signals: &'a Signals,
     discovery: Discovery,
     last_discover: Option<Instant>,
+    /// Exec'd processes whose rule waits for them to listen, until when to keep asking.
+    starting: Vec<(u32, Instant)>,
 }
+
+/// How long an exec'd process that matches a port rule's other matchers is re-checked on every
+/// pass (10 ms) before the periodic scan takes over: a model server can take a while to load
+/// before it listens.
+const STARTING: Duration = Duration::from_secs(30);
 
 impl Agent<'_> {
     /// SIGHUP: new rules if they parse (else the old ones stay), and a reopened output file.
@@ -93,28 +100,58 @@ impl Agent<'_> {
             .discovery
             .scan(&session.proc, &self.rules.targets, std::process::id());
         for f in found {
-            let mut tags = BTreeMap::from([("target".to_owned(), f.rule.clone())]);
-            if let Some(c) = session.proc.container(f.pid) {
-                if let Some(pod) = c.pod_uid {
-                    tags.insert("pod_uid".into(), pod);
+            self.trace(session, f);
+        }
+    }
+
+    /// Checks the processes that exec'd since the last pass, and those still starting.
+    fn check_execs(&mut self, session: &mut Session) {
+        let now = Instant::now();
+        let execs = session.tracer.take_execs();
+        self.starting.retain(|&(_, until)| until > now);
+        let mut pids: Vec<u32> = self.starting.iter().map(|&(p, _)| p).collect();
+        pids.extend(execs.iter().copied());
+        for pid in pids {
+            let check =
+                self.discovery
+                    .check(&session.proc, &self.rules.targets, pid, std::process::id());
+            match check {
+                Check::Found(f) => {
+                    self.starting.retain(|&(p, _)| p != pid);
+                    self.trace(session, f);
                 }
-                if let Some(id) = c.container_id {
-                    tags.insert("container_id".into(), id);
+                Check::Wait if !self.starting.iter().any(|&(p, _)| p == pid) => {
+                    self.starting.push((pid, now + STARTING));
                 }
+                Check::Wait => {}
+                Check::No => self.starting.retain(|&(p, _)| p != pid),
             }
-            match session.add_process(f.pid, Some(tags)) {
-                Ok(added) => {
-                    eprintln!(
-                        "cost-probe: tracing pid {} ({}) for target rule {} (+{} descendants)",
-                        f.pid,
-                        f.comm,
-                        f.rule,
-                        added.len() - 1
-                    );
-                    self.discovery.traced(f, &added);
-                }
-                Err(e) => eprintln!("cost-probe: cannot trace pid {} ({}): {e}", f.pid, f.comm),
+        }
+    }
+
+    /// Traces a found process and its descendants, tagged with its rule and container.
+    fn trace(&mut self, session: &mut Session, f: Found) {
+        let mut tags = BTreeMap::from([("target".to_owned(), f.rule.clone())]);
+        if let Some(c) = session.proc.container(f.pid) {
+            if let Some(pod) = c.pod_uid {
+                tags.insert("pod_uid".into(), pod);
             }
+            if let Some(id) = c.container_id {
+                tags.insert("container_id".into(), id);
+            }
+        }
+        match session.add_process(f.pid, Some(tags)) {
+            Ok(added) => {
+                eprintln!(
+                    "cost-probe: tracing pid {} ({}) for target rule {} (+{} descendants)",
+                    f.pid,
+                    f.comm,
+                    f.rule,
+                    added.len() - 1
+                );
+                self.discovery.traced(f, &added);
+            }
+            Err(e) => eprintln!("cost-probe: cannot trace pid {} ({}): {e}", f.pid, f.comm),
         }
     }
 }
@@ -133,7 +170,10 @@ impl Control for Agent<'_> {
         }
     }
 
-    fn after_drain(&mut self, _session: &mut Session, exited: &[u32], _check: bool) -> bool {
+    fn after_drain(&mut self, session: &mut Session, exited: &[u32], _check: bool) -> bool {
+        if !self.starting.is_empty() || session.tracer.has_execs() {
+            self.check_execs(session);
+        }
         for &tgid in exited {
             if let Some(r) = self.discovery.exited(tgid) {
                 eprintln!(
@@ -181,7 +221,13 @@ pub fn run(
         .into_iter()
         .map(|m| Box::new(PrometheusSink::new(m, DEFAULT_MAX_SERIES)) as Box<dyn Sink>)
         .collect();
-    let session = Session::open(&config.session, extra, true, None)?;
+    let mut session = Session::open(&config.session, extra, true, None)?;
+    if let Err(e) = session.probe.watch_exec() {
+        eprintln!(
+            "cost-probe: cannot watch execs ({e}): new targets are found by the /proc scan every {} ms only",
+            config.discover.as_millis()
+        );
+    }
     eprintln!(
         "cost-probe: agent running with {} target rule(s) from {}",
         rules.targets.len(),
@@ -193,6 +239,7 @@ pub fn run(
         signals,
         discovery: Discovery::default(),
         last_discover: None,
+        starting: Vec::new(),
     };
     session.run(&mut agent, &signals.stop)
 }

@@ -14,18 +14,51 @@ pub struct AttachConfig {
     pub record: Option<PathBuf>,
 }
 
-/// Ends the run when the traced root process exits.
+/// Ends the run when every traced process has exited: the root, and the processes it forked
+/// (an nginx master killed with SIGKILL leaves its workers serving, and they are still traced).
 pub struct Attach {
     pid: u32,
+    root_gone: bool,
+}
+
+impl Attach {
+    /// Traced processes still alive, other than the root.
+    fn survivors(&self, session: &Session) -> usize {
+        session
+            .probe
+            .targets()
+            .into_iter()
+            .filter(|&t| t != self.pid && session.proc.alive(t))
+            .count()
+    }
 }
 
 impl Control for Attach {
     fn after_drain(&mut self, session: &mut Session, exited: &[u32], check: bool) -> bool {
-        let gone = exited.contains(&self.pid) || (check && !session.proc.alive(self.pid));
-        if gone {
-            eprintln!("cost-probe: pid {} exited", self.pid);
+        if self.root_gone {
+            let over = check && self.survivors(session) == 0;
+            if over {
+                eprintln!("cost-probe: every traced process exited");
+            }
+            return over;
         }
-        gone
+        if !(exited.contains(&self.pid) || (check && !session.proc.alive(self.pid))) {
+            return false;
+        }
+        self.root_gone = true;
+        match self.survivors(session) {
+            0 => {
+                eprintln!("cost-probe: pid {} exited", self.pid);
+                true
+            }
+            n => {
+                eprintln!(
+                    "cost-probe: pid {} exited; still tracing the {n} process(es) it left running",
+                    self.pid
+                );
+                false
+            }
+        }
     }
 }
 
@@ -66,5 +99,11 @@ pub fn run(
     if let Some(r) = ready {
         r.store(true, Ordering::Relaxed);
     }
-    session.run(&mut Attach { pid }, stop)
+    session.run(
+        &mut Attach {
+            pid,
+            root_gone: false,
+        },
+        stop,
+    )
 }

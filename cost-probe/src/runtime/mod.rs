@@ -224,7 +224,11 @@ impl Session {
                 last_check = Instant::now();
                 self.lost()?;
             }
-            if done || stopping || self.tracer.closed() {
+            if self.tracer.closed() {
+                eprintln!("cost-probe: the reader of the records went away; stopping");
+                return Ok(());
+            }
+            if done || stopping {
                 return Ok(());
             }
             self.tracer

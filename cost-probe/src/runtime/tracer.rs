@@ -35,6 +35,8 @@ pub struct Tracer {
     unclassified: Vec<ConnId>,
     /// Process exits seen in the stream since the loop last asked.
     exited: Vec<u32>,
+    /// Execs seen since the loop last asked (the agent's discovery).
+    execs: Vec<u32>,
     decode_errors: u64,
 }
 
@@ -59,6 +61,7 @@ impl Tracer {
             recorder,
             unclassified: Vec::new(),
             exited: Vec::new(),
+            execs: Vec::new(),
             decode_errors: 0,
         }
     }
@@ -109,6 +112,7 @@ impl Tracer {
                 self.exited.push(tgid);
                 self.processes.exited(ts, tgid);
             }
+            Event::Exec { tgid, .. } => self.execs.push(tgid),
             _ => {}
         }
     }
@@ -166,6 +170,16 @@ impl Tracer {
     /// Process exits seen since the last call.
     pub fn take_exited(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.exited)
+    }
+
+    #[must_use]
+    pub fn has_execs(&self) -> bool {
+        !self.execs.is_empty()
+    }
+
+    /// Processes that executed a new program since the last call.
+    pub fn take_execs(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.execs)
     }
 
     /// Hands the spans finished since the last call to the meter, which releases them once

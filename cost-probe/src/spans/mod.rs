@@ -232,6 +232,8 @@ impl SpanBuilder {
                     }
                 }
             }
+            // Discovery's business, not a connection's.
+            Event::Exec { .. } => {}
         }
     }
 

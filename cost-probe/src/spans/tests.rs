@@ -231,7 +231,8 @@ proptest! {
             let t = i as u64 * 10;
             match e {
                 OwnedEvent::Data { ts, .. } | OwnedEvent::Accept { ts, .. }
-                | OwnedEvent::Close { ts, .. } | OwnedEvent::ProcExit { ts, .. } => *ts = t,
+                | OwnedEvent::Close { ts, .. } | OwnedEvent::ProcExit { ts, .. }
+                | OwnedEvent::Exec { ts, .. } => *ts = t,
             }
         }
         let mut b = SpanBuilder::default();
