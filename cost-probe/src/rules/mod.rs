@@ -146,10 +146,28 @@ impl Rules {
             .map(|e| e.map(|e| e.path()))
             .collect::<Result<_, _>>()
             .map_err(io)?;
-        files.retain(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file());
+        files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
         files.sort();
         let mut texts = Vec::with_capacity(files.len());
         for path in files {
+            // A dangling or looping symlink is an error, not a file quietly left out; a
+            // directory (or a link to one) named *.toml is not a rules file.
+            match std::fs::metadata(&path) {
+                Ok(m) if !m.is_file() => continue,
+                Ok(_) => {}
+                Err(source) => {
+                    return Err(match std::fs::read_link(&path) {
+                        Ok(target) => RulesError::File {
+                            file: path.display().to_string(),
+                            message: format!(
+                                "cannot follow symlink to {}: {source}",
+                                target.display()
+                            ),
+                        },
+                        Err(_) => RulesError::Io { path, source },
+                    });
+                }
+            }
             let text = std::fs::read_to_string(&path).map_err(|source| RulesError::Io {
                 path: path.clone(),
                 source,

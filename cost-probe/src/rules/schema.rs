@@ -8,37 +8,103 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
-/// A finite number ≥ 0.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
-#[serde(try_from = "f64")]
-pub struct NonNeg(pub f64);
-
-impl TryFrom<f64> for NonNeg {
-    type Error = String;
-    fn try_from(v: f64) -> Result<Self, String> {
-        if v.is_finite() && v >= 0.0 {
-            Ok(Self(v))
-        } else {
-            Err(format!("expected a number ≥ 0, got {v}"))
-        }
+/// A number in an error message: plain when it reads well, else in exponent form (`1e308`,
+/// not 309 digits).
+fn num(v: f64) -> String {
+    if v == 0.0 || (1e-6..1e9).contains(&v.abs()) {
+        v.to_string()
+    } else {
+        format!("{v:e}")
     }
 }
 
-/// A finite number > 0.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
-#[serde(try_from = "f64")]
-pub struct Positive(pub f64);
+/// Declares a number that is validated while it is deserialized: finite, at least (or, with
+/// `above`, more than) `lo` and at most `hi`. Every bound sits past anything real hardware or
+/// a real tariff reaches, so a typo (or `1e308`) fails at load instead of saturating the
+/// arithmetic downstream.
+macro_rules! bounded {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $lo:literal ..= $hi:literal $(, $unit:literal)?) => {
+        bounded!(@ $(#[$doc])* $name, $what, $lo, false, $hi, concat!("" $(, " ", $unit)?));
+    };
+    ($(#[$doc:meta])* $name:ident, $what:literal, above $lo:literal ..= $hi:literal $(, $unit:literal)?) => {
+        bounded!(@ $(#[$doc])* $name, $what, $lo, true, $hi, concat!("" $(, " ", $unit)?));
+    };
+    (@ $(#[$doc:meta])* $name:ident, $what:literal, $lo:literal, $above:literal, $hi:literal, $unit:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+        #[serde(try_from = "f64")]
+        pub struct $name(pub f64);
 
-impl TryFrom<f64> for Positive {
-    type Error = String;
-    fn try_from(v: f64) -> Result<Self, String> {
-        if v.is_finite() && v > 0.0 {
-            Ok(Self(v))
-        } else {
-            Err(format!("expected a number > 0, got {v}"))
+        impl $name {
+            pub const MIN: f64 = $lo;
+            pub const MAX: f64 = $hi;
         }
-    }
+
+        impl TryFrom<f64> for $name {
+            type Error = String;
+            fn try_from(v: f64) -> Result<Self, String> {
+                let low_ok = if $above { v > $lo } else { v >= $lo };
+                if v.is_finite() && low_ok && v <= $hi {
+                    Ok(Self(v))
+                } else {
+                    let (from, to) = if $above { ("> ", " and ≤") } else { ("between ", " and") };
+                    Err(format!(
+                        "{} must be {from}{}{to} {}{}, got {}",
+                        $what,
+                        num($lo),
+                        num($hi),
+                        $unit,
+                        num(v)
+                    ))
+                }
+            }
+        }
+    };
 }
+
+bounded!(
+    /// `price_usd_per_kwh`: retail and industrial tariffs are cents per kWh; even scarcity
+    /// pricing caps (ERCOT's $5/kWh) stay below this.
+    UsdPerKwh, "an electricity price", 0.0 ..= 10.0, "$/kWh"
+);
+bounded!(
+    /// `carbon_g_per_kwh`: lignite, the dirtiest generation, is about 1,100–1,200 g/kWh.
+    CarbonPerKwh, "a carbon intensity", 0.0 ..= 2000.0, "g/kWh"
+);
+bounded!(
+    /// `usd_per_core_hour`: cloud vCPUs cost a few cents an hour.
+    UsdPerCoreHour, "a price per core-hour", 0.0 ..= 10.0, "$"
+);
+bounded!(
+    /// `idle_watts_per_core`, `max_watts_per_core`: a whole server CPU package draws well under
+    /// 1,000 W, let alone one logical CPU.
+    WattsPerCore, "power per core", 0.0 ..= 1000.0, "W"
+);
+bounded!(
+    /// `[gpu.X] usd_per_hour` (and what `purchase_usd` amortizes to): GPU-hours cost a few
+    /// dollars.
+    UsdPerGpuHour, "a price per GPU-hour", 0.0 ..= 1000.0, "$"
+);
+bounded!(
+    /// `[gpu.X] purchase_usd`, per GPU: a data-centre GPU costs tens of thousands of dollars.
+    PurchaseUsd, "a GPU's purchase price", 0.0 ..= 10_000_000.0, "$"
+);
+bounded!(
+    /// `[gpu.X] years` of service the purchase is spread over.
+    Years, "years of service", above 0.0 ..= 50.0
+);
+bounded!(
+    /// `[gpu.X] idle_watts`: the largest GPUs draw about 1,200 W at full load.
+    GpuWatts, "a GPU's idle power", 0.0 ..= 2000.0, "W"
+);
+bounded!(
+    /// `[attribution] idle_power` in watts, for a whole device.
+    DeviceWatts, "idle_power", 0.0 ..= 10_000.0, "W"
+);
+bounded!(
+    /// `[[budget]] amount_usd`.
+    BudgetUsd, "a budget", above 0.0 ..= 1e9, "$"
+);
 
 /// Power usage effectiveness: facility energy ÷ IT energy, so never below 1.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
@@ -67,7 +133,7 @@ impl TryFrom<f64> for Fraction {
         if v > 0.0 && v <= 1.0 {
             Ok(Self(v))
         } else {
-            Err(format!("expected a fraction in (0, 1], got {v}"))
+            Err(format!("expected a fraction in (0, 1], got {}", num(v)))
         }
     }
 }
@@ -93,17 +159,17 @@ pub struct RulesFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnergyFile {
-    pub price_usd_per_kwh: Option<NonNeg>,
+    pub price_usd_per_kwh: Option<UsdPerKwh>,
     pub pue: Option<Pue>,
-    pub carbon_g_per_kwh: Option<NonNeg>,
+    pub carbon_g_per_kwh: Option<CarbonPerKwh>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CpuFile {
-    pub usd_per_core_hour: Option<NonNeg>,
-    pub idle_watts_per_core: Option<NonNeg>,
-    pub max_watts_per_core: Option<NonNeg>,
+    pub usd_per_core_hour: Option<UsdPerCoreHour>,
+    pub idle_watts_per_core: Option<WattsPerCore>,
+    pub max_watts_per_core: Option<WattsPerCore>,
 }
 
 /// How a GPU's hours are priced.
@@ -129,11 +195,11 @@ pub struct GpuRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GpuRaw {
-    usd_per_hour: Option<NonNeg>,
-    purchase_usd: Option<NonNeg>,
-    years: Option<Positive>,
+    usd_per_hour: Option<UsdPerGpuHour>,
+    purchase_usd: Option<PurchaseUsd>,
+    years: Option<Years>,
     utilization: Option<Fraction>,
-    idle_watts: Option<NonNeg>,
+    idle_watts: Option<GpuWatts>,
 }
 
 impl TryFrom<GpuRaw> for GpuRule {
@@ -155,10 +221,19 @@ impl TryFrom<GpuRaw> for GpuRule {
                 );
             }
         };
-        Ok(Self {
+        let rule = Self {
             pricing,
             idle_watts: r.idle_watts.map(|w| w.0),
-        })
+        };
+        let hourly = rule.usd_per_hour();
+        if !hourly.is_finite() || hourly > UsdPerGpuHour::MAX {
+            return Err(format!(
+                "purchase_usd ÷ (years × 8760 × utilization) is {} $ per GPU-hour, above {} $",
+                num(hourly),
+                num(UsdPerGpuHour::MAX)
+            ));
+        }
+        Ok(rule)
     }
 }
 
@@ -211,13 +286,10 @@ impl TryFrom<IdlePowerRaw> for IdlePowerFile {
     fn try_from(r: IdlePowerRaw) -> Result<Self, String> {
         match r {
             IdlePowerRaw::Text(t) if t == "learned" => Ok(Self::Learned),
-            IdlePowerRaw::Number(w) if w.is_finite() && w >= 0.0 => Ok(Self::Watts(w)),
             IdlePowerRaw::Text(t) => Err(format!(
-                "idle_power must be \"learned\" or watts ≥ 0, got \"{t}\""
+                "idle_power must be \"learned\" or watts, got \"{t}\""
             )),
-            IdlePowerRaw::Number(w) => Err(format!(
-                "idle_power must be \"learned\" or watts ≥ 0, got {w}"
-            )),
+            IdlePowerRaw::Number(w) => DeviceWatts::try_from(w).map(|w| Self::Watts(w.0)),
         }
     }
 }
@@ -238,19 +310,19 @@ impl TryFrom<i64> for Percent {
     }
 }
 
-/// A count ≥ 1.
+/// A count from 1 to `MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "i64")]
-pub struct Count(pub usize);
+pub struct Count<const MAX: usize>(pub usize);
 
-impl TryFrom<i64> for Count {
+impl<const MAX: usize> TryFrom<i64> for Count<MAX> {
     type Error = String;
     fn try_from(v: i64) -> Result<Self, String> {
         usize::try_from(v)
             .ok()
-            .filter(|n| *n >= 1)
+            .filter(|n| (1..=MAX).contains(n))
             .map(Self)
-            .ok_or_else(|| format!("expected a count ≥ 1, got {v}"))
+            .ok_or_else(|| format!("expected a count from 1 to {MAX}, got {v}"))
     }
 }
 
@@ -261,15 +333,16 @@ pub struct AttributionFile {
     pub split: Option<SplitFile>,
     pub idle_power: Option<IdlePowerFile>,
     pub idle_percentile: Option<Percent>,
-    pub idle_window: Option<Count>,
-    pub max_open_spans: Option<Count>,
+    /// Idle samples kept (a day of 100 ms intervals is 864,000).
+    pub idle_window: Option<Count<1_000_000>>,
+    pub max_open_spans: Option<Count<10_000_000>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathsFile {
     pub placeholder: Option<String>,
-    pub max_segments: Option<Count>,
+    pub max_segments: Option<Count<64>>,
     #[serde(default)]
     pub rewrite: Vec<Rewrite>,
 }
@@ -441,7 +514,7 @@ fn default_alert_at() -> Thresholds {
 pub struct BudgetFile {
     pub name: Spanned<String>,
     pub period: Period,
-    pub amount_usd: Positive,
+    pub amount_usd: BudgetUsd,
     #[serde(default = "default_alert_at")]
     pub alert_at: Thresholds,
     #[serde(default)]
@@ -455,6 +528,9 @@ pub enum AnomalyMetric {
     EnergyPerRequest,
 }
 
+/// The longest anomaly window.
+const MAX_WINDOW: Duration = Duration::from_hours(366 * 24);
+
 /// A `humantime` duration such as `"1h"` or `"30m"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -464,6 +540,7 @@ impl TryFrom<String> for Window {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         match humantime::parse_duration(&s) {
+            Ok(d) if d > MAX_WINDOW => Err(format!("window \"{s}\" is longer than 366 days")),
             Ok(d) if !d.is_zero() => Ok(Self(d)),
             Ok(_) => Err("window must be longer than zero".into()),
             Err(e) => Err(format!("invalid window \"{s}\": {e}")),
@@ -471,7 +548,8 @@ impl TryFrom<String> for Window {
     }
 }
 
-/// An anomaly factor: how many times the baseline counts as anomalous, so above 1.
+/// An anomaly factor: how many times the baseline counts as anomalous, so above 1 (and at most
+/// 1000).
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
 #[serde(try_from = "f64")]
 pub struct Factor(pub f64);
@@ -479,10 +557,10 @@ pub struct Factor(pub f64);
 impl TryFrom<f64> for Factor {
     type Error = String;
     fn try_from(v: f64) -> Result<Self, String> {
-        if v.is_finite() && v > 1.0 {
+        if v.is_finite() && v > 1.0 && v <= 1000.0 {
             Ok(Self(v))
         } else {
-            Err(format!("factor must be > 1, got {v}"))
+            Err(format!("factor must be > 1 and ≤ 1000, got {}", num(v)))
         }
     }
 }

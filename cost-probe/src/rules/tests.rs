@@ -265,3 +265,120 @@ fn path_normalizer_bounds_cardinality() {
     assert_eq!(n.normalize(""), "/");
     assert_eq!(n.normalize("//health/"), "/health");
 }
+
+/// Regression (#10.6): `max_watts_per_core = 1e308` and `price_usd_per_kwh = 1e308` were
+/// accepted; intervals then alternated between 1e13 J and 0 J and percentiles saturated. Every
+/// number of the schema has a range now, reported at its line and column.
+#[test]
+fn rules_reject_1e308_watts_and_prices_and_every_number_out_of_range() {
+    let e = err("[cpu]\nmax_watts_per_core = 1e308\n");
+    assert_eq!(
+        e,
+        "dir/10-site.toml:2:22: power per core must be between 0 and 1000 W, got 1e308"
+    );
+    let e = err("[energy]\nprice_usd_per_kwh = 1e308\n");
+    assert_eq!(
+        e,
+        "dir/10-site.toml:2:21: an electricity price must be between 0 and 10 $/kWh, got 1e308"
+    );
+    for (text, what) in [
+        ("[energy]\nprice_usd_per_kwh = 11\n", "electricity price"),
+        ("[energy]\nprice_usd_per_kwh = nan\n", "electricity price"),
+        ("[energy]\ncarbon_g_per_kwh = 2001\n", "carbon intensity"),
+        ("[energy]\ncarbon_g_per_kwh = -1\n", "carbon intensity"),
+        ("[energy]\npue = inf\n", "pue"),
+        ("[cpu]\nusd_per_core_hour = 1e6\n", "per core-hour"),
+        ("[cpu]\nidle_watts_per_core = -0.5\n", "power per core"),
+        ("[cpu]\nmax_watts_per_core = inf\n", "power per core"),
+        ("[gpu.h100]\nusd_per_hour = 1e308\n", "per GPU-hour"),
+        (
+            "[gpu.h100]\nusd_per_hour = 2\nidle_watts = 1e9\n",
+            "idle power",
+        ),
+        (
+            "[gpu.h100]\npurchase_usd = 1e12\nyears = 3\n",
+            "purchase price",
+        ),
+        (
+            "[gpu.h100]\npurchase_usd = 30000\nyears = 1e-300\n",
+            "per GPU-hour",
+        ),
+        ("[gpu.h100]\npurchase_usd = 30000\nyears = 0\n", "years"),
+        ("[gpu.h100]\npurchase_usd = 30000\nyears = 51\n", "years"),
+        (
+            "[gpu.h100]\npurchase_usd = 30000\nyears = 3\nutilization = 1e-300\n",
+            "per GPU-hour",
+        ),
+        ("[attribution]\nidle_power = 1e308\n", "idle_power"),
+        ("[attribution]\nidle_power = -1\n", "idle_power"),
+        (
+            "[attribution]\nidle_window = 1000000000000\n",
+            "count from 1",
+        ),
+        ("[attribution]\nmax_open_spans = 0\n", "count from 1"),
+        ("[paths]\nmax_segments = 65\n", "count from 1"),
+        (
+            "[[budget]]\nname = \"b\"\nperiod = \"day\"\namount_usd = 1e308\n",
+            "budget",
+        ),
+        (
+            "[[anomaly]]\nname = \"a\"\nmetric = \"cost_per_request\"\nfactor = 1e308\nwindow = \"1h\"\n",
+            "factor",
+        ),
+        (
+            "[[anomaly]]\nname = \"a\"\nmetric = \"cost_per_request\"\nfactor = 2\nwindow = \"1000years\"\n",
+            "366 days",
+        ),
+    ] {
+        let e = err(text);
+        assert!(
+            e.starts_with("dir/10-site.toml:") && e.contains(what),
+            "{text:?}: {e}"
+        );
+        assert!(e.len() < 200 && !e.contains('\n'), "one short line: {e}");
+    }
+    // The largest values allowed still load, and give finite prices.
+    let r = load(
+        "[energy]\nprice_usd_per_kwh = 10\ncarbon_g_per_kwh = 2000\npue = 5\n\
+         [cpu]\nusd_per_core_hour = 10\nidle_watts_per_core = 1000\nmax_watts_per_core = 1000\n\
+         [gpu.h100]\npurchase_usd = 30000\nyears = 0.1\nidle_watts = 2000\n",
+    )
+    .unwrap();
+    assert!(r.gpu["h100"].usd_per_hour().is_finite());
+    assert_eq!(r.cpu.max_watts_per_core, 1000.0);
+}
+
+/// Regression (#10.11): a dangling or looping `*.toml` symlink in the rules directory was
+/// skipped silently.
+#[test]
+fn dangling_or_looping_toml_symlink_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("10-a.toml"), "[energy]\npue = 1.3\n").unwrap();
+    let dangling = dir.path().join("20-gone.toml");
+    std::os::unix::fs::symlink(dir.path().join("missing.toml"), &dangling).unwrap();
+    let e = Rules::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{}: cannot follow symlink to {}: ",
+            dangling.display(),
+            dir.path().join("missing.toml").display()
+        )),
+        "{e}"
+    );
+    std::fs::remove_file(&dangling).unwrap();
+    let looping = dir.path().join("30-loop.toml");
+    std::os::unix::fs::symlink(&looping, &looping).unwrap();
+    let e = Rules::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}: ", looping.display())), "{e}");
+    assert!(e.contains("symbolic links"), "{e}");
+    std::fs::remove_file(&looping).unwrap();
+    // A symlink to a real file is read; a directory named *.toml is not a rules file.
+    std::os::unix::fs::symlink(
+        dir.path().join("10-a.toml"),
+        dir.path().join("40-link.toml"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("50-dir.toml")).unwrap();
+    let r = Rules::load_dir(dir.path()).unwrap();
+    assert_eq!(r.sources.len(), 3);
+}
