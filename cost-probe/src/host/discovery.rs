@@ -178,7 +178,9 @@ fn matches(
             return false;
         }
     }
-    true
+    // Last, as it reads /proc/PID/stat: a kernel thread (`comm = "kworker*"`, say) serves
+    // nothing.
+    !fs.kernel_thread(pid)
 }
 
 #[cfg(test)]
@@ -261,5 +263,18 @@ mod tests {
         assert_eq!(gone[0].0, 10);
         assert_eq!(gone[0].1.rule, "vllm");
         assert!(d.prune(&fs).is_empty());
+    }
+
+    /// #10.5: a rule that only names a comm never picks a kernel thread of that name.
+    #[test]
+    fn rules_never_pick_a_kernel_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        write_proc(dir.path(), 2, 0, "kthreadd", "");
+        write_proc(dir.path(), 50, 2, "kworker/0:1", "");
+        write_proc(dir.path(), 60, 1, "kworker", "kworker --serve");
+        let fs = ProcFs::new(dir.path());
+        let rules = [rule("k", Some("^k"), None)];
+        let found = Discovery::default().scan(&fs, &rules, 0);
+        assert_eq!(found.iter().map(|f| f.pid).collect::<Vec<_>>(), [60]);
     }
 }

@@ -122,6 +122,35 @@ impl ProcFs {
             .is_ok_and(|s| s.state != 'Z' && s.state != 'X')
     }
 
+    /// The process (thread-group id) a task belongs to, from the `Tgid:` line of
+    /// `/proc/PID/status`; equal to `pid` for a process, another pid for one of its threads.
+    #[must_use]
+    pub fn tgid(&self, pid: u32) -> Option<u32> {
+        let status =
+            std::fs::read_to_string(self.root.join(pid.to_string()).join("status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Whether `pid` is a kernel thread: `PF_KTHREAD` in the flags of `/proc/PID/stat`, or
+    /// kthreadd (pid 2) or one of its children with an empty command line.
+    #[must_use]
+    pub fn kernel_thread(&self, pid: u32) -> bool {
+        /// `PF_KTHREAD` in include/linux/sched.h.
+        const PF_KTHREAD: u32 = 0x0020_0000;
+        let Ok(stat) = self.process(pid).and_then(|p| p.stat()) else {
+            return false;
+        };
+        if stat.flags & PF_KTHREAD != 0 {
+            return true;
+        }
+        let no_cmdline = std::fs::read(self.root.join(pid.to_string()).join("cmdline"))
+            .is_ok_and(|c| c.is_empty());
+        no_cmdline && (pid == 2 || stat.ppid == 2)
+    }
+
     /// Pod and container identity from the process's cgroup path.
     #[must_use]
     pub fn container(&self, pid: u32) -> Option<ContainerInfo> {
@@ -288,6 +317,69 @@ mod tests {
         proc(102, 101, "helper", 'R');
         proc(200, 1, "other", 'Z');
         dir
+    }
+
+    /// Writes `/proc/PID/{stat,status,cmdline}` of a task with these flags and thread group.
+    fn task(root: &Path, pid: u32, tgid: u32, parent: u32, comm: &str, flags: u32, cmdline: &str) {
+        let d = root.join(pid.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
+        std::fs::write(d.join("cmdline"), cmdline.replace(' ', "\0")).unwrap();
+        std::fs::write(
+            d.join("stat"),
+            format!(
+                "{pid} ({comm}) S {parent} 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0 \
+                 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("status"),
+            format!(
+                "Name:\t{comm}\nState:\tS (sleeping)\nTgid:\t{tgid}\nPid:\t{pid}\nPPid:\t{parent}\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Regression (#10.5): `attach --pid` of a non-leader thread was accepted and recorded
+    /// nothing, and `--pid 2` traced kthreadd and its kernel threads. What attach checks first.
+    #[test]
+    fn threads_and_kernel_threads_are_told_from_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        task(
+            root,
+            100,
+            100,
+            1,
+            "server",
+            0x0040_0100,
+            "/usr/bin/server --flag",
+        );
+        task(
+            root,
+            105,
+            100,
+            1,
+            "server",
+            0x0040_0040,
+            "/usr/bin/server --flag",
+        );
+        task(root, 2, 2, 0, "kthreadd", 0x0020_8040, "");
+        task(root, 30, 30, 2, "kworker/0:1", 0x0420_8060, "");
+        // An old kernel's flags without PF_KTHREAD: a child of kthreadd with no cmdline.
+        task(root, 31, 31, 2, "ksoftirqd/0", 0, "");
+        let fs = ProcFs::new(root);
+        assert_eq!(fs.tgid(100), Some(100));
+        assert_eq!(fs.tgid(105), Some(100), "a thread's tgid is its process");
+        assert_eq!(fs.tgid(999), None);
+        assert!(!fs.kernel_thread(100));
+        assert!(!fs.kernel_thread(105));
+        assert!(fs.kernel_thread(2));
+        assert!(fs.kernel_thread(30));
+        assert!(fs.kernel_thread(31));
+        assert!(!fs.kernel_thread(999));
     }
 
     #[test]

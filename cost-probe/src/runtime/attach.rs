@@ -70,8 +70,20 @@ pub fn run(
     ready: Option<&AtomicBool>,
 ) -> Result<(), RuntimeError> {
     let pid = config.pid;
-    if !config.session.proc.alive(pid) {
+    let proc = &config.session.proc;
+    if !proc.alive(pid) {
         return Err(RuntimeError::NoProcess(pid));
+    }
+    // A thread id traces nothing (the kernel's target table holds processes), and a kernel
+    // thread serves no requests: both are refused before the probe loads.
+    if let Some(tgid) = proc.tgid(pid).filter(|&t| t != pid) {
+        return Err(RuntimeError::Thread { pid, tgid });
+    }
+    if proc.kernel_thread(pid) {
+        return Err(RuntimeError::KernelThread {
+            pid,
+            comm: proc.comm(pid),
+        });
     }
     let recorder = match &config.record {
         Some(p) => Some(

@@ -33,6 +33,10 @@ use crate::{
 pub enum RuntimeError {
     #[error("no process with pid {0}")]
     NoProcess(u32),
+    #[error("pid {pid} is a thread of process {tgid}: attach to {tgid}")]
+    Thread { pid: u32, tgid: u32 },
+    #[error("pid {pid} is a kernel thread ({comm}): nothing to trace")]
+    KernelThread { pid: u32, comm: String },
     #[error("rules: {0}")]
     Rules(#[from] RulesError),
     #[error("no [[target]] rules in {0}: nothing to discover")]
