@@ -10,10 +10,13 @@ use super::{
 };
 
 /// Records as JSON lines. A closed reader (`| head`) marks the sink closed instead of failing.
+/// Any other write error names the output, and fails the sink: it is returned once, and the
+/// sink writes nothing more (the run ends on it; the summary cannot be written there either).
 pub struct NdjsonSink {
     target: OutputTarget,
     out: BufWriter<Box<dyn Write + Send>>,
     closed: bool,
+    failed: bool,
     line: Vec<u8>,
 }
 
@@ -21,18 +24,33 @@ fn open(target: &OutputTarget) -> io::Result<Box<dyn Write + Send>> {
     Ok(match target {
         OutputTarget::Stdout => Box::new(io::stdout()),
         OutputTarget::Unix(sock) => Box::new(std::os::unix::net::UnixStream::connect(sock)?),
-        OutputTarget::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+        OutputTarget::File(p) => {
+            let mut f = OpenOptions::new().create(true).append(true).open(p)?;
+            // An empty write still reaches the file's driver: /dev/full and read-only /proc
+            // files (which root can open) refuse it here, before the probe is loaded, rather
+            // than at the first flush. A regular file takes it as a no-op.
+            let _empty = f
+                .write(&[])
+                .map_err(|e| io::Error::new(e.kind(), format!("not writable: {e}")))?;
+            Box::new(f)
+        }
     })
 }
 
 impl NdjsonSink {
     pub fn new(target: OutputTarget) -> io::Result<Self> {
-        Ok(Self {
-            out: BufWriter::with_capacity(64 * 1024, open(&target)?),
+        let out = open(&target)?;
+        Ok(Self::with_writer(target, out))
+    }
+
+    fn with_writer(target: OutputTarget, out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out: BufWriter::with_capacity(64 * 1024, out),
             target,
             closed: false,
+            failed: false,
             line: Vec::with_capacity(1024),
-        })
+        }
     }
 
     fn body<T: Body>(&mut self, body: &T) -> io::Result<()> {
@@ -49,14 +67,25 @@ impl NdjsonSink {
                 self.closed = true;
                 Ok(())
             }
-            r => r,
+            Err(e) => {
+                self.failed = true;
+                let to = match &self.target {
+                    OutputTarget::Stdout => "stdout".to_owned(),
+                    t => t.to_string(),
+                };
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("writing records to {to}: {e}"),
+                ))
+            }
+            Ok(()) => Ok(()),
         }
     }
 }
 
 impl Sink for NdjsonSink {
     fn write(&mut self, record: &Record<'_>) -> io::Result<()> {
-        if self.closed {
+        if self.closed || self.failed {
             return Ok(());
         }
         match *record {
@@ -76,7 +105,7 @@ impl Sink for NdjsonSink {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.closed {
+        if self.closed || self.failed {
             return Ok(());
         }
         let r = self.out.flush();
@@ -92,7 +121,60 @@ impl Sink for NdjsonSink {
         if matches!(self.target, OutputTarget::File(_)) {
             self.flush()?;
             self.out = BufWriter::with_capacity(64 * 1024, open(&self.target)?);
+            self.failed = false;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::records::LostRecord;
+
+    fn lost() -> LostRecord {
+        LostRecord {
+            time: "2026-01-01T00:00:00Z".into(),
+            events: 1,
+        }
+    }
+
+    /// Regression (#10.8): `--output /proc/version` or `/dev/full` failed with a bare
+    /// `Input/output error (os error 5)` after attaching, naming no path (twice in the agent).
+    /// Both are refused when the output opens, naming it.
+    #[test]
+    fn unwritable_output_file_fails_at_open() {
+        let e = NdjsonSink::new(OutputTarget::File("/dev/full".into()))
+            .err()
+            .expect("/dev/full refuses even an empty write");
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+        assert!(e.to_string().starts_with("not writable: "), "{e}");
+        // Root opens /proc/version and the write fails (EIO); anyone else cannot open it.
+        assert!(NdjsonSink::new(OutputTarget::File("/proc/version".into())).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let ok = NdjsonSink::new(OutputTarget::File(dir.path().join("r.ndjson")));
+        assert!(ok.is_ok());
+    }
+
+    /// #10.8: a write error later in the run names the output, and is reported once: the failed
+    /// sink writes nothing more, so the summary at the end cannot fail a second time.
+    #[test]
+    fn write_error_names_the_output_once() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut sink =
+            NdjsonSink::with_writer(OutputTarget::File("/dev/full".into()), Box::new(full));
+        let rec = lost();
+        sink.write(&Record::Lost(&rec)).unwrap();
+        let e = sink.flush().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "writing records to /dev/full: No space left on device (os error 28)"
+        );
+        assert!(!sink.closed(), "a full disk is not a reader that went away");
+        sink.write(&Record::Lost(&rec)).unwrap();
+        sink.flush().unwrap();
     }
 }

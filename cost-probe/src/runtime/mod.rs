@@ -58,7 +58,8 @@ pub enum RuntimeError {
     /// The consumer loop failed (a sink's write, the ring).
     #[error("{0}")]
     Run(Box<dyn std::error::Error + Send + Sync>),
-    #[error("writing records: {0}")]
+    /// Writing the last records and the summary failed (the error names the output).
+    #[error("{0}")]
     Finish(std::io::Error),
 }
 
@@ -96,7 +97,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Loads the probe and opens the outputs: NDJSON to `config.output`, then `extra` sinks.
+    /// Opens the outputs (NDJSON to `config.output`, then `extra` sinks) and loads the probe:
+    /// in that order, so an output that cannot be written fails before anything is attached.
     /// `alerts`: whether budget and anomaly rules fire.
     pub fn open(
         config: &SessionConfig,
@@ -104,12 +106,12 @@ impl Session {
         alerts: bool,
         recorder: Option<Box<dyn std::io::Write + Send>>,
     ) -> Result<Self, RuntimeError> {
-        let probe = Probe::load().map_err(RuntimeError::probe)?;
         let ndjson =
             NdjsonSink::new(config.output.clone()).map_err(|source| RuntimeError::Open {
                 target: config.output.to_string(),
                 source,
             })?;
+        let probe = Probe::load().map_err(RuntimeError::probe)?;
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ndjson)];
         sinks.extend(extra);
         let meter = Meter::new(&config.rules, config.interval, Roots::default());
