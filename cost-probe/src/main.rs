@@ -32,7 +32,10 @@ async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return cli::usage_error(&e),
+    };
     match cli.cmd {
         Cmd::Attach(a) => cli::exit_code(cli::attach::run(a).await),
         Cmd::Agent(a) => cli::exit_code(cli::agent::run(a).await),

@@ -22,9 +22,10 @@ pub struct AttachArgs {
     /// Process to trace; its descendants (now and later) are traced too.
     #[arg(long)]
     pub pid: u32,
-    /// Stop after this many seconds (default: until SIGINT/SIGTERM or the target exits).
-    #[arg(long)]
-    pub duration: Option<f64>,
+    /// Stop after this many seconds, fractions allowed, at most a year (31536000)
+    /// (default: until SIGINT, SIGTERM or SIGHUP, or the target exits).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_duration, allow_negative_numbers = true)]
+    pub duration: Option<Duration>,
     /// Where records go: a file path, or - for stdout.
     #[arg(long, default_value = "-")]
     pub output: OutputTarget,
@@ -38,6 +39,32 @@ pub struct AttachArgs {
     /// Energy sampling interval in milliseconds (NVML's energy counter updates every ~100 ms).
     #[arg(long = "interval", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub interval_ms: u64,
+}
+
+/// The longest `--duration`: a year. Anything longer is a typo, and `Duration` (and tokio's
+/// timer) cannot hold every finite float anyway.
+pub const MAX_DURATION: Duration = Duration::from_hours(365 * 24);
+
+/// `--duration`: seconds, finite, above zero and at most [`MAX_DURATION`].
+///
+/// # Errors
+/// Says what is wrong with the value, in one line.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds".to_owned())?;
+    if !secs.is_finite() {
+        return Err("the number of seconds must be finite".into());
+    }
+    if secs <= 0.0 {
+        return Err("the number of seconds must be above 0".into());
+    }
+    let max = MAX_DURATION.as_secs();
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("at most {max} seconds (a year)"))
 }
 
 impl AttachArgs {
@@ -58,13 +85,40 @@ impl AttachArgs {
 pub async fn run(args: AttachArgs) -> Result<(), RuntimeError> {
     let stop = Arc::new(AtomicBool::new(false));
     super::stop_on_signals(&stop);
-    if let Some(secs) = args.duration {
+    // A hangup (the terminal closed, an ssh session dropped) ends the run as SIGINT does:
+    // flushed, with its summary. Without a handler it killed the process (exit 129).
+    crate::runtime::on_signals(&[(tokio::signal::unix::SignalKind::hangup(), stop.clone())]);
+    if let Some(d) = args.duration {
         let stop = stop.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            tokio::time::sleep(d).await;
             stop.store(true, Ordering::Relaxed);
         });
     }
     let config = args.config()?;
     super::blocking(move || attach::run(&config, &stop, None)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (#10.4): `--duration=-1`, `inf`, `NaN` and `1e300` panicked in a tokio
+    /// worker (`cannot convert float seconds to Duration`) and the run ignored the duration.
+    #[test]
+    fn duration_rejects_negative_infinite_nan_and_huge_seconds() {
+        for bad in [
+            "-1", "0", "-0", "inf", "-inf", "NaN", "1e300", "31536001", "", "ten",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_duration("1e300").unwrap_err(),
+            "at most 31536000 seconds (a year)"
+        );
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("31536000"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("0.001"), Ok(Duration::from_millis(1)));
+    }
 }

@@ -31,6 +31,27 @@ pub fn exit_code(result: Result<(), RuntimeError>) -> ExitCode {
     }
 }
 
+/// A command line clap refused. A bad value (`--duration=-1`, `--interval 5`) is one line on
+/// stderr, `cost-probe: invalid value …`, and exit code 2; anything else (help, version, a
+/// missing or unknown argument) is printed the way clap prints it, with clap's exit code.
+#[must_use]
+pub fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if !matches!(
+        e.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    eprintln!(
+        "cost-probe: {}",
+        first.strip_prefix("error: ").unwrap_or(first)
+    );
+    ExitCode::from(EXIT_CANNOT_START)
+}
+
 /// `--rules DIR`, or the built-in rules.
 fn rules(dir: Option<&Path>) -> Result<Rules, RuntimeError> {
     Ok(match dir {
