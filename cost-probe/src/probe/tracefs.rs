@@ -49,10 +49,61 @@ pub fn ensure_mounted() -> Result<PathBuf, ProbeError> {
 /// The first tracefs root that has an `events/syscalls` directory.
 #[must_use]
 pub fn find() -> Option<PathBuf> {
-    TRACEFS_DIRS
-        .iter()
-        .map(PathBuf::from)
-        .find(|d| d.join("events/syscalls").is_dir())
+    match lookup() {
+        Lookup::Found(root) => Some(root),
+        Lookup::Unreadable { .. } | Lookup::Missing => None,
+    }
+}
+
+/// What this process finds where tracefs usually lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A tracefs root with its `events/syscalls` directory.
+    Found(PathBuf),
+    /// Something this user may not look into is there (tracefs is mounted with mode 0700 by
+    /// default): it is mounted, but only root (or `CAP_DAC_READ_SEARCH`) can read it.
+    Unreadable { path: PathBuf, mode: u32, uid: u32 },
+    /// Not mounted at either place.
+    Missing,
+}
+
+/// Looks for tracefs at the usual places.
+#[must_use]
+pub fn lookup() -> Lookup {
+    lookup_in(&TRACEFS_DIRS.map(PathBuf::from))
+}
+
+/// Looks for tracefs at `dirs`, in order: the first readable root wins; else the first one
+/// this user is denied; else missing.
+#[must_use]
+pub fn lookup_in(dirs: &[PathBuf]) -> Lookup {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut denied = None;
+    for d in dirs {
+        match fs::metadata(d.join("events/syscalls")) {
+            Ok(m) if m.is_dir() => return Lookup::Found(d.clone()),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && denied.is_none() => {
+                let (mode, uid) = fs::metadata(d).map_or((0, 0), |m| (m.mode() & 0o7777, m.uid()));
+                denied = Some(Lookup::Unreadable {
+                    path: d.clone(),
+                    mode,
+                    uid,
+                });
+            }
+            _ => {}
+        }
+    }
+    denied.unwrap_or(Lookup::Missing)
+}
+
+/// What `doctor` says of a tracefs this user cannot read.
+#[must_use]
+pub fn unreadable_message(path: &Path, mode: u32, uid: u32) -> String {
+    format!(
+        "mounted at {} but not readable by this user (mode {mode:04o}, owner uid {uid}): \
+         needs root (or CAP_DAC_READ_SEARCH)",
+        path.display()
+    )
 }
 
 /// One `field:` line of a format file.
@@ -187,6 +238,23 @@ format:
 
 print fmt: \"fd: 0x%08lx, buff: 0x%08lx, len: 0x%08lx, flags: 0x%08lx, addr: 0x%08lx, addr_len: 0x%08lx\", ((unsigned long)(REC->fd)), ((unsigned long)(REC->buff)), ((unsigned long)(REC->len)), ((unsigned long)(REC->flags)), ((unsigned long)(REC->addr)), ((unsigned long)(REC->addr_len))
 ";
+
+    /// Regression (#10.12): `doctor` as an unprivileged user said "tracefs not mounted" when it
+    /// was mounted with mode 0700. A denied lookup needs a non-root uid (see the `cli_edges`
+    /// test); here the found and missing cases, and the message.
+    #[test]
+    fn tracefs_mounted_but_unreadable_is_not_reported_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        assert_eq!(lookup_in(&[a.clone(), b.clone()]), Lookup::Missing);
+        std::fs::create_dir_all(b.join("events/syscalls")).unwrap();
+        assert_eq!(lookup_in(&[a, b.clone()]), Lookup::Found(b));
+        assert_eq!(
+            unreadable_message(Path::new("/sys/kernel/tracing"), 0o700, 0),
+            "mounted at /sys/kernel/tracing but not readable by this user (mode 0700, owner uid \
+             0): needs root (or CAP_DAC_READ_SEARCH)"
+        );
+    }
 
     #[test]
     fn parses_names_offsets_and_sizes() {

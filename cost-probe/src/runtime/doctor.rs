@@ -93,12 +93,20 @@ pub fn tracing() -> TracingReport {
              (needs a kernel built with CONFIG_DEBUG_INFO_BTF)"
         },
     ));
-    let root = match tracefs::find() {
-        Some(r) => {
+    let root = match tracefs::lookup() {
+        tracefs::Lookup::Found(r) => {
             items.push(item(true, "tracefs", format!("mounted at {}", r.display())));
             Some(r)
         }
-        None if privileged.is_ok() => match tracefs::ensure_mounted() {
+        tracefs::Lookup::Unreadable { path, mode, uid } => {
+            items.push(item(
+                false,
+                "tracefs",
+                tracefs::unreadable_message(&path, mode, uid),
+            ));
+            None
+        }
+        tracefs::Lookup::Missing if privileged.is_ok() => match tracefs::ensure_mounted() {
             Ok(r) => {
                 items.push(item(
                     true,
@@ -112,7 +120,7 @@ pub fn tracing() -> TracingReport {
                 None
             }
         },
-        None => {
+        tracefs::Lookup::Missing => {
             items.push(item(
                 false,
                 "tracefs",
