@@ -5,9 +5,15 @@
 //! layout is an ABI.
 #![cfg_attr(target_arch = "bpf", no_std)]
 
-/// Bytes copied from the start of each payload: request line and headers, status line and
-/// framing headers, the start of a JSON body (`"model"`).
+/// Bytes copied from the start of each payload into the small data record: request line and
+/// headers, status line and framing headers, the start of a JSON body (`"model"`).
 pub const HEAD_LEN: usize = 512;
+/// Head of the middle data record: payloads of up to 4 KiB are copied whole (most non-streamed
+/// LLM responses, requests with production headers: JWTs, cookies, gateway headers).
+pub const MID_HEAD_LEN: usize = 4096;
+/// Head of the large data record: payloads of up to 16 KiB are copied whole, and a larger read
+/// that starts like a request gets its first 16 KiB (every header of a real request).
+pub const BIG_HEAD_LEN: usize = 16384;
 /// Bytes copied from the end of each payload: the terminal chunk, `data: [DONE]`, and a `usage`
 /// object followed by llama.cpp's `timings` object in the last chunk.
 pub const TAIL_LEN: usize = 384;
@@ -67,25 +73,38 @@ pub struct EventHeader {
 }
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
 
-/// A read or write on a traced connection, with a bounded copy of its head and tail.
+/// A read or write on a traced connection, with a bounded copy of its head and tail; `N` is the
+/// head's capacity, one of three sizes ([`DataEvent`], [`MidDataEvent`], [`BigDataEvent`]).
+/// Userspace tells them apart by the record's length.
 ///
 /// The payload covers stream bytes `[0, len)` of this syscall: `head[..head_len]` are bytes
-/// `[0, head_len)` and `tail[..tail_len]` are bytes `[len - tail_len, len)`. When
-/// `len <= HEAD_LEN` the tail is empty; a vectored call's head comes from its first iovec and
-/// its tail from the iovec holding its last byte, so either may be shorter than the payload.
+/// `[0, head_len)` and `tail[..tail_len]` are bytes `[len - tail_len, len)`. When `len <= N` the
+/// tail is empty; a vectored call's head comes from its first iovec and its tail from the iovec
+/// holding its last byte, so either may be shorter than the payload.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct DataEvent {
+pub struct DataRecord<const N: usize> {
     pub hdr: EventHeader,
     /// Bytes transferred (the syscall's return value).
     pub len: u64,
     pub head_len: u16,
     pub tail_len: u16,
     pub pad: u32,
-    pub head: [u8; HEAD_LEN],
+    pub head: [u8; N],
     pub tail: [u8; TAIL_LEN],
 }
-const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + HEAD_LEN + TAIL_LEN);
+/// The data record of payloads that fit `HEAD_LEN + TAIL_LEN` bytes whole, and of larger ones
+/// that are neither small enough for a larger record nor the start of a request.
+pub type DataEvent = DataRecord<HEAD_LEN>;
+pub type MidDataEvent = DataRecord<MID_HEAD_LEN>;
+pub type BigDataEvent = DataRecord<BIG_HEAD_LEN>;
+/// Bytes of a data record before its head.
+pub const DATA_HEADER_LEN: usize = 32 + 16;
+const _: () = assert!(core::mem::size_of::<DataEvent>() == DATA_HEADER_LEN + HEAD_LEN + TAIL_LEN);
+const _: () =
+    assert!(core::mem::size_of::<MidDataEvent>() == DATA_HEADER_LEN + MID_HEAD_LEN + TAIL_LEN);
+const _: () =
+    assert!(core::mem::size_of::<BigDataEvent>() == DATA_HEADER_LEN + BIG_HEAD_LEN + TAIL_LEN);
 
 /// A TCP connection accepted by a traced process.
 #[repr(C)]

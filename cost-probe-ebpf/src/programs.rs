@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use cost_probe_common::{
-    ConnEvent, ConnKey, DataEvent, EventHeader, EventKind, HEAD_LEN, MAX_IOV, RING_BYTES, TAIL_LEN,
-    TpOffsets, WAKEUP_BYTES,
+    BIG_HEAD_LEN, ConnEvent, ConnKey, DataRecord, EventHeader, EventKind, HEAD_LEN, MAX_IOV,
+    MID_HEAD_LEN, RING_BYTES, TAIL_LEN, TpOffsets, WAKEUP_BYTES,
 };
 
 const AF_UNIX: u16 = 1;
@@ -226,15 +226,11 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
     }
 }
 
-/// Copies `[0, min(len, HEAD_LEN))` of `src` into the head.
+/// Copies `[0, min(len, N))` of `src` into the head.
 #[inline(always)]
-fn copy_head(ev: &mut DataEvent, src: u64, len: u64) {
-    let n = if len < HEAD_LEN as u64 {
-        len as usize
-    } else {
-        HEAD_LEN
-    };
-    if n == 0 || n > HEAD_LEN {
+fn copy_head<const N: usize>(ev: &mut DataRecord<N>, src: u64, len: u64) {
+    let n = if len < N as u64 { len as usize } else { N };
+    if n == 0 || n > N {
         return;
     }
     // SAFETY: reading user memory through the helper, which faults safely.
@@ -245,7 +241,7 @@ fn copy_head(ev: &mut DataEvent, src: u64, len: u64) {
 
 /// Copies the last `min(avail, TAIL_LEN)` bytes ending at `end` into the tail.
 #[inline(always)]
-fn copy_tail(ev: &mut DataEvent, end: u64, avail: u64) {
+fn copy_tail<const N: usize>(ev: &mut DataRecord<N>, end: u64, avail: u64) {
     let n = if avail < TAIL_LEN as u64 {
         avail as usize
     } else {
@@ -271,13 +267,13 @@ fn read_iov(iov: u64, i: usize) -> Option<(u64, u64)> {
 
 /// Head from the first iovec, tail from the iovec that holds the last transferred byte.
 #[inline(always)]
-fn copy_iov(ev: &mut DataEvent, iov: u64, iovcnt: u64, len: u64) {
+fn copy_iov<const N: usize>(ev: &mut DataRecord<N>, iov: u64, iovcnt: u64, len: u64) {
     let Some((base0, len0)) = read_iov(iov, 0) else {
         return;
     };
     let first = if len0 < len { len0 } else { len };
     copy_head(ev, base0, first);
-    if len <= HEAD_LEN as u64 {
+    if len <= N as u64 {
         return;
     }
     let mut before = 0u64; // bytes in iovecs before i
@@ -322,14 +318,35 @@ fn data(a: &Args, ret: i64, kind: EventKind, shape: Shape) -> Result<u32, u32> {
         return Ok(0);
     };
     let len = ret as u64;
-    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+    let hdr = header(pid_tgid, fd, conn_id, kind, a.nr as u32);
+    // The smallest record that holds the payload whole; past 16 KiB the small one (head and
+    // tail), unless a read starts like a request: then its first 16 KiB, so that no header a
+    // real request sends falls into the gap between head and tail.
+    if len <= (HEAD_LEN + TAIL_LEN) as u64 {
+        fill::<HEAD_LEN>(hdr, a, len, shape);
+    } else if len <= MID_HEAD_LEN as u64 {
+        fill::<MID_HEAD_LEN>(hdr, a, len, shape);
+    } else if len <= BIG_HEAD_LEN as u64
+        || (matches!(kind, EventKind::Read) && starts_like_request(a, shape))
+    {
+        fill::<BIG_HEAD_LEN>(hdr, a, len, shape);
+    } else {
+        fill::<HEAD_LEN>(hdr, a, len, shape);
+    }
+    Ok(0)
+}
+
+/// Reserves a data record with an `N`-byte head, copies the payload into it and submits it.
+#[inline(always)]
+fn fill<const N: usize>(hdr: EventHeader, a: &Args, len: u64, shape: Shape) {
+    let Some(mut entry) = EVENTS.reserve::<DataRecord<N>>(0) else {
         count_lost();
-        return Ok(0);
+        return;
     };
-    // SAFETY: the reservation is sized for a DataEvent; every field is written before submit
+    // SAFETY: the reservation is sized for the record; every field is written before submit
     // except the payload bytes beyond head_len/tail_len, which userspace never reads.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.hdr = header(pid_tgid, fd, conn_id, kind, a.nr as u32);
+    ev.hdr = hdr;
     ev.len = len;
     ev.head_len = 0;
     ev.tail_len = 0;
@@ -337,22 +354,55 @@ fn data(a: &Args, ret: i64, kind: EventKind, shape: Shape) -> Result<u32, u32> {
     match shape {
         Shape::Buf => {
             copy_head(ev, a.a1, len);
-            if len > HEAD_LEN as u64 {
-                copy_tail(ev, a.a1 + len, len - HEAD_LEN as u64);
+            if len > N as u64 {
+                copy_tail(ev, a.a1 + len, len - N as u64);
             }
         }
         Shape::Iov => copy_iov(ev, a.a1, a.a2, len),
         Shape::Msg => {
-            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (user ABI on 64-bit).
-            // SAFETY: user memory through the helper.
-            if let Ok(m) = unsafe { bpf_probe_read_user((a.a1 + 16) as *const [u64; 2]) } {
-                copy_iov(ev, m[0], m[1], len);
+            if let Some((iov, iovcnt)) = msg_iov(a.a1) {
+                copy_iov(ev, iov, iovcnt, len);
             }
         }
         Shape::None => {}
     }
-    entry.submit(wakeup_flag(core::mem::size_of::<DataEvent>()));
-    Ok(0)
+    entry.submit(wakeup_flag(core::mem::size_of::<DataRecord<N>>()));
+}
+
+/// `struct user_msghdr`'s `msg_iov` and `msg_iovlen` (at 16 and 24, user ABI on 64-bit).
+#[inline(always)]
+fn msg_iov(msg: u64) -> Option<(u64, u64)> {
+    // SAFETY: user memory through the helper.
+    unsafe { bpf_probe_read_user((msg + 16) as *const [u64; 2]) }
+        .ok()
+        .map(|m| (m[0], m[1]))
+}
+
+/// Whether the payload begins like an HTTP/1 request line: an upper-case method token of 3 to 7
+/// letters, then a space. Read only for reads larger than the big record's head.
+#[inline(always)]
+fn starts_like_request(a: &Args, shape: Shape) -> bool {
+    let first = match shape {
+        Shape::Buf => a.a1,
+        Shape::Iov => match read_iov(a.a1, 0) {
+            Some((base, _)) => base,
+            None => return false,
+        },
+        Shape::Msg => match msg_iov(a.a1).and_then(|(iov, _)| read_iov(iov, 0)) {
+            Some((base, _)) => base,
+            None => return false,
+        },
+        Shape::None => return false,
+    };
+    // SAFETY: user memory through the helper.
+    let Ok(b) = (unsafe { bpf_probe_read_user(first as *const [u8; 8]) }) else {
+        return false;
+    };
+    let mut i = 0;
+    while i < 8 && b[i].is_ascii_uppercase() {
+        i += 1;
+    }
+    (3..8).contains(&i) && b[i] == b' '
 }
 
 /// accept/accept4 returned a connection: `(listen_fd, struct sockaddr *peer, int *addrlen)`.

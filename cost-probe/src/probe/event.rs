@@ -4,7 +4,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use cost_probe_common::{ConnEvent, DataEvent, EventHeader, EventKind};
+use cost_probe_common::{
+    BIG_HEAD_LEN, BigDataEvent, ConnEvent, DataEvent, EventHeader, EventKind, HEAD_LEN,
+    MID_HEAD_LEN, MidDataEvent, TAIL_LEN,
+};
 use serde::{Deserialize, Serialize};
 
 const AF_INET: u16 = 2;
@@ -134,6 +137,8 @@ pub enum DecodeError {
     Short(usize),
     #[error("unknown event kind {0}")]
     Kind(u16),
+    #[error("data record of {0} bytes matches no record size")]
+    DataSize(usize),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -159,17 +164,22 @@ pub fn decode(bytes: &[u8]) -> Result<Event<&[u8]>, DecodeError> {
     let kind = EventKind::from_u16(h.kind).ok_or(DecodeError::Kind(h.kind))?;
     Ok(match kind {
         EventKind::Read | EventKind::Write => {
-            if bytes.len() < size_of::<DataEvent>() {
-                return Err(DecodeError::Short(bytes.len()));
-            }
+            // The record's length says its head's capacity (one of three sizes, all laid out
+            // as `DataRecord<N>`: the fixed part, the head, then the tail).
+            let cap = match bytes.len() {
+                n if n == size_of::<DataEvent>() => HEAD_LEN,
+                n if n == size_of::<MidDataEvent>() => MID_HEAD_LEN,
+                n if n == size_of::<BigDataEvent>() => BIG_HEAD_LEN,
+                n => return Err(DecodeError::DataSize(n)),
+            };
             // Only the fixed part is copied; the payload is borrowed in place.
             let len: u64 = read(&bytes[offset_of!(DataEvent, len)..])?;
             let head_len: u16 = read(&bytes[offset_of!(DataEvent, head_len)..])?;
             let tail_len: u16 = read(&bytes[offset_of!(DataEvent, tail_len)..])?;
             let head_at = offset_of!(DataEvent, head);
-            let tail_at = offset_of!(DataEvent, tail);
-            let head_len = usize::from(head_len).min(cost_probe_common::HEAD_LEN);
-            let tail_len = usize::from(tail_len).min(cost_probe_common::TAIL_LEN);
+            let tail_at = head_at + cap;
+            let head_len = usize::from(head_len).min(cap);
+            let tail_len = usize::from(tail_len).min(TAIL_LEN);
             Event::Data {
                 ts: h.ts_ns,
                 conn: conn_of(&h),
@@ -245,12 +255,16 @@ mod latin1 {
 
 #[cfg(test)]
 mod tests {
-    use cost_probe_common::{HEAD_LEN, TAIL_LEN};
+    use cost_probe_common::DataRecord;
 
     use super::*;
 
     fn data_record(len: u64, head: &[u8], tail: &[u8]) -> Vec<u8> {
-        let mut ev = DataEvent {
+        record::<HEAD_LEN>(len, head, tail)
+    }
+
+    fn record<const N: usize>(len: u64, head: &[u8], tail: &[u8]) -> Vec<u8> {
+        let mut ev = Box::new(DataRecord::<N> {
             hdr: EventHeader {
                 ts_ns: 7,
                 conn_id: 9,
@@ -264,14 +278,50 @@ mod tests {
             head_len: head.len() as u16,
             tail_len: tail.len() as u16,
             pad: 0,
-            head: [0; HEAD_LEN],
+            head: [0; N],
             tail: [0; TAIL_LEN],
-        };
+        });
         ev.head[..head.len()].copy_from_slice(head);
         ev.tail[..tail.len()].copy_from_slice(tail);
-        // SAFETY: DataEvent is repr(C) with no padding (size asserted in the common crate).
-        unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<DataEvent>()) }
-            .to_vec()
+        // SAFETY: DataRecord is repr(C) with no padding (sizes asserted in the common crate).
+        unsafe {
+            std::slice::from_raw_parts((&raw const *ev).cast::<u8>(), size_of::<DataRecord<N>>())
+        }
+        .to_vec()
+    }
+
+    /// A payload of production-size headers comes whole in the larger records; the head and
+    /// tail are found from the record's length.
+    #[test]
+    fn decodes_every_record_size() {
+        for (rec, len) in [
+            (record::<MID_HEAD_LEN>(3000, &[b'a'; 3000], b""), 3000),
+            (record::<BIG_HEAD_LEN>(12_000, &[b'b'; 12_000], b""), 12_000),
+            (
+                record::<BIG_HEAD_LEN>(65_536, &[b'c'; BIG_HEAD_LEN], b"end"),
+                65_536,
+            ),
+        ] {
+            let Event::Data {
+                len: got,
+                head,
+                tail,
+                ..
+            } = decode(&rec).unwrap()
+            else {
+                panic!("not data")
+            };
+            assert_eq!(got, len);
+            assert_eq!(head.len() as u64, len.min(BIG_HEAD_LEN as u64));
+            assert_eq!(
+                tail,
+                if len > BIG_HEAD_LEN as u64 {
+                    &b"end"[..]
+                } else {
+                    b""
+                }
+            );
+        }
     }
 
     #[test]
@@ -302,7 +352,7 @@ mod tests {
         rec[28] = 99;
         assert_eq!(decode(&rec).unwrap_err(), DecodeError::Kind(99));
         let rec = data_record(1, b"x", b"");
-        assert_eq!(decode(&rec[..100]).unwrap_err(), DecodeError::Short(100));
+        assert_eq!(decode(&rec[..100]).unwrap_err(), DecodeError::DataSize(100));
     }
 
     #[test]
