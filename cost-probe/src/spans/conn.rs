@@ -3,7 +3,7 @@ use std::{collections::VecDeque, net::SocketAddr};
 
 use super::{
     Flags, Limits, Protocol, RequestSpan, SpanEvent, Stats,
-    http::{self, Framing, HeadParse, Request, RequestParser, ResponseHead, Seg},
+    http::{self, Framing, HeadParse, Request, RequestParser, ResponseHead, Seg, Upgrade},
     scan::{self, Usage},
 };
 use crate::probe::{ConnId, Direction};
@@ -181,24 +181,10 @@ impl Conn {
             self.queue.pop_back();
             ctx.stats.queue_overflow += 1;
         }
-        let new = self.queue.len().saturating_sub(before);
-        if new == 0 {
+        if self.queue.len() <= before {
             return;
         }
-        for i in before..self.queue.len() {
-            let id = ctx.new_id();
-            let r = &mut self.queue[i];
-            r.id = id;
-            // Bytes lost before this request may have hidden whole requests: say so on it.
-            if std::mem::take(&mut self.pending_flags).contains(Flags::TRUNCATED) {
-                r.truncated = true;
-            }
-            ctx.out.push(SpanEvent::Started {
-                id,
-                conn: ctx.conn,
-                start: r.start,
-            });
-        }
+        self.announce(ctx, before);
         // An unframed response ends when the next request arrives.
         if self
             .resp
@@ -212,6 +198,24 @@ impl Conn {
         }
     }
 
+    /// Assigns ids to the requests queued from `from` on and announces them.
+    fn announce(&mut self, ctx: &mut Ctx<'_>, from: usize) {
+        for i in from..self.queue.len() {
+            let id = ctx.new_id();
+            let r = &mut self.queue[i];
+            r.id = id;
+            // Bytes lost before this request may have hidden whole requests: say so on it.
+            if std::mem::take(&mut self.pending_flags).contains(Flags::TRUNCATED) {
+                r.truncated = true;
+            }
+            ctx.out.push(SpanEvent::Started {
+                id,
+                conn: ctx.conn,
+                start: r.start,
+            });
+        }
+    }
+
     fn http_out(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -220,6 +224,17 @@ impl Conn {
         head: &[u8],
         tail: &[u8],
     ) {
+        // A response whose head could not be read runs until the next request arrives; when
+        // the next request is already queued (pipelined), a write that starts a status line
+        // starts its response.
+        if head.starts_with(b"HTTP/1.")
+            && self.queue.len() > 1
+            && let Some(r) = &self.resp
+            && r.head.as_ref().is_some_and(ResponseHead::is_unknown)
+        {
+            let end = r.last_ts;
+            self.finish(ctx, end, Flags::default());
+        }
         // Usage sits at a non-streamed body's end or in a stream's last chunk; scan the write
         // before framing may finish its response.
         let mut usage = scan::usage(head);
@@ -227,6 +242,9 @@ impl Conn {
         let write = Write { usage, head, tail };
         for seg in segs {
             self.out_seg(ctx, ts, seg, &write);
+            if self.proto != Some(Protocol::Http1) {
+                return; // switched protocols: the rest of the write is not HTTP
+            }
         }
         let Some(resp) = self.resp.as_mut() else {
             return;
@@ -263,8 +281,13 @@ impl Conn {
             }
             if self.resp.is_none() {
                 if self.queue.is_empty() {
-                    ctx.stats.unsolicited_writes += 1;
-                    return;
+                    // The server answers bytes we could not frame as a request: still a record.
+                    let Some(r) = self.parser.answered() else {
+                        ctx.stats.unsolicited_writes += 1;
+                        return;
+                    };
+                    self.queue.push_back(r);
+                    self.announce(ctx, 0);
                 }
                 self.resp = Some(Response {
                     first_byte: ts,
@@ -272,6 +295,7 @@ impl Conn {
                 });
             }
             let head_req = self.queue.front().is_some_and(|r| r.method == "HEAD");
+            let upgrade = self.queue.front().and_then(|r| r.upgrade);
             let resp = self.resp.as_mut().expect("set above");
             if resp.last_ts != ts {
                 // First segment of this write for this response.
@@ -308,9 +332,27 @@ impl Conn {
                                 let used = h.len - old;
                                 resp.bytes_out += used as u64;
                                 resp.buf = Vec::new();
+                                if h.malformed {
+                                    resp.flags.set(Flags::MALFORMED);
+                                }
                                 seg = Seg::Bytes(&b[used..]);
+                                if h.status == 101 {
+                                    // Switching Protocols: the span ends with this head, and
+                                    // what follows (WebSocket, h2c) is delimited by turn-taking.
+                                    resp.head = Some(h);
+                                    self.finish(ctx, ts, Flags::default());
+                                    self.proto = Some(if upgrade == Some(Upgrade::H2c) {
+                                        Protocol::Http2
+                                    } else {
+                                        Protocol::Tcp
+                                    });
+                                    return;
+                                }
                                 if (100..200).contains(&h.status) {
                                     continue; // 100 Continue: the real head follows
+                                }
+                                if upgrade.is_some() {
+                                    self.parser.upgrade_declined();
                                 }
                                 let empty = h.framing == Framing::Empty;
                                 resp.head = Some(h);

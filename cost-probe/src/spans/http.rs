@@ -6,6 +6,8 @@
 //! recovered from at the next recognisable boundary.
 use std::collections::VecDeque;
 
+use super::lenient;
+
 /// Header bytes kept while waiting for the end of a header block.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Body bytes kept from the start and end of a request body (for `"model"`).
@@ -52,30 +54,88 @@ pub fn looks_like_request(b: &[u8]) -> bool {
 
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn header<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&'h [u8]> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
+/// A request's wish to switch protocols (`Connection: upgrade` with `Upgrade: ...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// HTTP/2 over cleartext.
+    H2c,
+    /// WebSocket, or anything else.
+    Other,
 }
 
-fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, ()> {
-    match header(headers, "content-length") {
-        None => Ok(None),
-        Some(v) => std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or(()),
+/// What the headers of a head say about framing, from one pass over them (the first of each
+/// header counts, as before).
+#[derive(Debug, Default)]
+struct HeaderInfo<'h> {
+    content_length: Option<&'h [u8]>,
+    transfer_encoding: Option<&'h [u8]>,
+    content_type: Option<&'h [u8]>,
+    upgrade: Option<&'h [u8]>,
+    connection_upgrade: bool,
+}
+
+impl<'h> HeaderInfo<'h> {
+    fn of(headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>) -> Self {
+        let mut i = Self::default();
+        for (name, value) in headers {
+            let slot = if name.eq_ignore_ascii_case(b"content-length") {
+                &mut i.content_length
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                &mut i.transfer_encoding
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                &mut i.content_type
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                &mut i.upgrade
+            } else {
+                if name.eq_ignore_ascii_case(b"connection") {
+                    i.connection_upgrade |= value
+                        .split(|&c| c == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+                }
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        i
     }
-}
 
-fn is_chunked(headers: &[httparse::Header<'_>]) -> bool {
-    header(headers, "transfer-encoding").is_some_and(|v| {
-        v.split(|&c| c == b',')
-            .next_back()
-            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-    })
+    fn strict(headers: &'h [httparse::Header<'_>]) -> Self {
+        Self::of(headers.iter().map(|h| (h.name.as_bytes(), h.value)))
+    }
+
+    fn content_length(&self) -> Result<Option<u64>, ()> {
+        match self.content_length {
+            None => Ok(None),
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .map(Some)
+                .ok_or(()),
+        }
+    }
+
+    fn is_chunked(&self) -> bool {
+        self.transfer_encoding.is_some_and(|v| {
+            v.split(|&c| c == b',')
+                .next_back()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        })
+    }
+
+    fn event_stream(&self) -> bool {
+        self.content_type
+            .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"))
+    }
+
+    fn upgrade(&self) -> Option<Upgrade> {
+        let v = self.upgrade.filter(|_| self.connection_upgrade)?;
+        let first = v.split(|&c| c == b',').next().unwrap_or(b"").trim_ascii();
+        Some(if first.eq_ignore_ascii_case(b"h2c") {
+            Upgrade::H2c
+        } else {
+            Upgrade::Other
+        })
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -226,8 +286,9 @@ impl Chunked {
 pub struct Request {
     /// Span id, assigned by the builder when the header block completes.
     pub id: u64,
+    /// Lossily decoded: a server may serve bytes that are not UTF-8.
     pub method: String,
-    /// Path without the query string (never emitted: it may carry secrets).
+    /// Path without the query string, lossily decoded (never emitted: it may carry secrets).
     pub path: String,
     /// Timestamp of the read that carried the request's first bytes.
     pub start: u64,
@@ -237,6 +298,8 @@ pub struct Request {
     pub body_head: Vec<u8>,
     pub malformed: bool,
     pub truncated: bool,
+    /// Asked to switch protocols (the server's 101 decides).
+    pub upgrade: Option<Upgrade>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,23 +310,80 @@ enum ReqState {
     },
     Body(u64),
     ChunkedBody(Chunked),
+    /// After a request that asked to switch protocols, until the server answers it: bytes that
+    /// do not begin a request are the new protocol's, read early.
+    Upgrading,
     /// Lost sync: wait for bytes that start a request line.
     Lost,
+}
+
+/// Why a header block could not be framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unframable {
+    /// It does not parse, even leniently (junk, HTTP/0.9), or the server answered it before it
+    /// was complete (rejected it).
+    Malformed,
+    /// A kernel gap hid part of it, or it outgrew what we keep.
+    Truncated,
+}
+
+/// A header block that could not be framed, kept until a response or a request line shows
+/// where it ended: then it is a request, known by what its first bytes showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Unframed {
+    start: u64,
+    bytes: u64,
+    method: String,
+    path: String,
+    why: Unframable,
+}
+
+impl Unframed {
+    fn from_head(buf: &[u8], start: u64, why: Unframable) -> Self {
+        let (method, target) = lenient::first_line(buf);
+        Self {
+            start,
+            bytes: buf.len() as u64,
+            method: String::from_utf8_lossy(method).into_owned(),
+            path: path_of(target),
+            why,
+        }
+    }
+
+    fn into_request(self) -> Request {
+        Request {
+            method: self.method,
+            path: self.path,
+            start: self.start,
+            complete: true,
+            bytes_in: self.bytes,
+            malformed: self.why == Unframable::Malformed,
+            truncated: self.why == Unframable::Truncated,
+            ..Request::default()
+        }
+    }
 }
 
 /// Parses the inbound byte stream of a connection into requests.
 #[derive(Clone, Debug)]
 pub struct RequestParser {
     state: ReqState,
+    /// The header block that made us lose sync, if one did.
+    unframed: Option<Unframed>,
+    /// Sync was lost here (not a connection first seen mid-stream): a response the server starts
+    /// with no request queued answers a request we could not frame.
+    desynced: bool,
+    /// Timestamp of the last inbound bytes.
+    last_in: u64,
 }
 
 impl Default for RequestParser {
     fn default() -> Self {
         Self {
-            state: ReqState::Headers {
-                buf: Vec::new(),
-                start: 0,
-            },
+            state: ReqState::default_headers(),
+            unframed: None,
+            desynced: false,
+            last_in: 0,
         }
     }
 }
@@ -273,8 +393,19 @@ impl Default for RequestParser {
 pub struct ReqOutput {
     /// Requests whose header block completed (pushed to the queue's back).
     pub new: u32,
-    /// Sync lost: bytes that cannot be framed.
+    /// Sync lost: bytes the kernel did not copy hid framing.
     pub lost_sync: bool,
+}
+
+/// Where in `b` a request line begins, for a parser that lost sync: at a line start (`b`'s own
+/// start counts when `at_start`).
+fn resync_point(b: &[u8], at_start: bool) -> Option<usize> {
+    if at_start && looks_like_request(b) {
+        return Some(0);
+    }
+    memchr::memchr_iter(b'\n', b)
+        .map(|i| i + 1)
+        .find(|&i| looks_like_request(&b[i..]))
 }
 
 impl RequestParser {
@@ -283,6 +414,7 @@ impl RequestParser {
     pub fn mid_stream() -> Self {
         Self {
             state: ReqState::Lost,
+            ..Self::default()
         }
     }
 
@@ -292,9 +424,48 @@ impl RequestParser {
         matches!(&self.state, ReqState::Headers { buf, .. } if buf.is_empty())
     }
 
+    /// The server started a response with no request queued. If we hold inbound bytes that
+    /// were not framed as a request (a header block that did not parse or that a gap hid, a
+    /// head the server answered before it was complete, a stream out of sync), the server
+    /// answered a request we could not frame: here it is, flagged, so it is still a record.
+    pub fn answered(&mut self) -> Option<Request> {
+        match &self.state {
+            ReqState::Headers { buf, start } if !buf.is_empty() => {
+                // The server does not answer a head it is still reading: it rejected it.
+                self.unframed = Some(Unframed::from_head(buf, *start, Unframable::Malformed));
+                self.state = ReqState::Lost;
+                self.desynced = true;
+            }
+            ReqState::Lost if self.desynced => {}
+            _ => return None,
+        }
+        Some(self.unframed.take().map_or_else(
+            || Request {
+                start: self.last_in,
+                complete: true,
+                truncated: true,
+                ..Request::default()
+            },
+            Unframed::into_request,
+        ))
+    }
+
+    /// The server answered a request that asked to switch protocols with something other
+    /// than 101: the stream stays HTTP.
+    pub fn upgrade_declined(&mut self) {
+        if self.state == ReqState::Upgrading {
+            self.state = ReqState::default_headers();
+        }
+    }
+
     /// Feeds one segment. New requests are pushed to `queue`; body bytes belong to its back.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one state machine over the inbound stream; split, its states would be passed around"
+    )]
     pub fn feed(&mut self, seg: Seg<'_>, ts: u64, queue: &mut VecDeque<Request>) -> ReqOutput {
         let mut out = ReqOutput::default();
+        self.last_in = ts;
         match seg {
             Seg::Gap(0) => {}
             Seg::Gap(n) => match &mut self.state {
@@ -312,18 +483,39 @@ impl RequestParser {
                         self.lose(queue, &mut out);
                     }
                 }
-                ReqState::Lost => {}
-                _ => self.lose(queue, &mut out),
+                ReqState::Headers { .. } => {
+                    self.lose_head(Unframable::Truncated, &mut out);
+                    self.discard(n);
+                }
+                ReqState::Lost => self.discard(n),
+                ReqState::Upgrading => {}
+                ReqState::Body(_) => self.lose(queue, &mut out),
             },
             Seg::Bytes(mut b) => {
+                // Whether `b` starts where the segment does (a request line may begin there).
+                let mut at_start = true;
                 while !b.is_empty() {
                     match &mut self.state {
                         ReqState::Lost => {
-                            if looks_like_request(b) {
-                                self.state = ReqState::default_headers();
-                            } else {
+                            let Some(i) = resync_point(b, at_start) else {
+                                self.discard(b.len() as u64);
+                                return out;
+                            };
+                            self.discard(i as u64);
+                            b = &b[i..];
+                            // What we could not frame ended where this request begins.
+                            if let Some(u) = self.unframed.take() {
+                                queue.push_back(u.into_request());
+                                out.new += 1;
+                            }
+                            self.desynced = false;
+                            self.state = ReqState::default_headers();
+                        }
+                        ReqState::Upgrading => {
+                            if !looks_like_request(b) {
                                 return out;
                             }
+                            self.state = ReqState::default_headers();
                         }
                         ReqState::Headers { buf, start } => {
                             if buf.is_empty() {
@@ -332,23 +524,30 @@ impl RequestParser {
                             let old = buf.len();
                             let take = b.len().min(MAX_HEADER_BYTES - old);
                             buf.extend_from_slice(&b[..take]);
-                            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                            let mut req = httparse::Request::new(&mut hs);
-                            match req.parse(buf) {
-                                Ok(httparse::Status::Complete(n)) => {
-                                    let (mut r, next) = request_from(&req, *start, n as u64);
+                            match parse_request_head(buf, *start) {
+                                ReqHead::Complete(r, n, next) => {
                                     b = &b[n - old..];
-                                    r.complete = next == ReqState::default_headers();
+                                    at_start = false;
                                     self.state = next;
                                     queue.push_back(r);
                                     out.new += 1;
                                 }
-                                Ok(httparse::Status::Partial) if buf.len() < MAX_HEADER_BYTES => {
+                                ReqHead::Partial if buf.len() < MAX_HEADER_BYTES => {
                                     return out;
                                 }
-                                _ => {
-                                    self.lose(queue, &mut out);
+                                ReqHead::Partial => {
+                                    self.lose_head(Unframable::Truncated, &mut out);
+                                    self.discard((b.len() - take) as u64);
                                     return out;
+                                }
+                                ReqHead::Invalid => {
+                                    self.lose_head(Unframable::Malformed, &mut out);
+                                    // This segment's bytes are counted as they are scanned
+                                    // for a request line that may follow.
+                                    if let Some(u) = &mut self.unframed {
+                                        u.bytes -= take as u64;
+                                    }
+                                    at_start = false;
                                 }
                             }
                         }
@@ -357,6 +556,7 @@ impl RequestParser {
                             *rem -= k as u64;
                             body(queue, &b[..k], k as u64, *rem == 0);
                             b = &b[k..];
+                            at_start = false;
                             if *rem == 0 {
                                 self.state = ReqState::default_headers();
                             }
@@ -366,6 +566,7 @@ impl RequestParser {
                                 let done = c.done();
                                 body(queue, &b[..k], k as u64, done);
                                 b = &b[k..];
+                                at_start = false;
                                 if done {
                                     self.state = ReqState::default_headers();
                                 }
@@ -382,15 +583,33 @@ impl RequestParser {
         out
     }
 
+    /// Lost sync inside a request's body: that request is flagged.
     fn lose(&mut self, queue: &mut VecDeque<Request>, out: &mut ReqOutput) {
         out.lost_sync = true;
-        // A request whose body we were reading is flagged; a lost header block has no request.
-        if !matches!(self.state, ReqState::Headers { .. } | ReqState::Lost)
-            && let Some(r) = queue.back_mut()
-        {
+        if let Some(r) = queue.back_mut() {
             r.truncated = true;
         }
         self.state = ReqState::Lost;
+        self.desynced = true;
+    }
+
+    /// Lost sync inside a header block: it is kept as unframed until a response or a request
+    /// line shows that it was a request.
+    fn lose_head(&mut self, why: Unframable, out: &mut ReqOutput) {
+        let ReqState::Headers { buf, start } = std::mem::replace(&mut self.state, ReqState::Lost)
+        else {
+            return;
+        };
+        out.lost_sync |= why == Unframable::Truncated;
+        self.desynced = true;
+        self.unframed = Some(Unframed::from_head(&buf, start, why));
+    }
+
+    /// Bytes read while out of sync belong to the header block that lost it, if any.
+    fn discard(&mut self, n: u64) {
+        if let Some(u) = &mut self.unframed {
+            u.bytes += n;
+        }
     }
 }
 
@@ -413,25 +632,74 @@ impl ReqState {
     }
 }
 
+/// The path of a request target: the query and fragment cut off, lossily decoded.
+fn path_of(target: &[u8]) -> String {
+    let end = target
+        .iter()
+        .position(|&c| c == b'?' || c == b'#')
+        .unwrap_or(target.len());
+    String::from_utf8_lossy(&target[..end]).into_owned()
+}
+
+/// Outcome of parsing a request header block.
+enum ReqHead {
+    /// The request, the bytes of its head, and the state after it.
+    Complete(Request, usize, ReqState),
+    Partial,
+    Invalid,
+}
+
+/// Parses a request head: strictly with httparse, else leniently (flagged `malformed`) when
+/// httparse rejects bytes a server may still serve.
+fn parse_request_head(buf: &[u8], start: u64) -> ReqHead {
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut hs);
+    let err = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            let info = HeaderInfo::strict(req.headers);
+            let method = req.method.unwrap_or("").to_owned();
+            let path = path_of(req.path.unwrap_or("").as_bytes());
+            let (r, next) = request_from(method, path, start, n, &info);
+            return ReqHead::Complete(r, n, next);
+        }
+        Ok(httparse::Status::Partial) => return ReqHead::Partial,
+        Err(e) => e,
+    };
+    match lenient::request(buf) {
+        lenient::Parse::Complete(h) => {
+            let info = HeaderInfo::of(h.headers.iter().copied());
+            let method = String::from_utf8_lossy(h.method).into_owned();
+            let (mut r, next) = request_from(method, path_of(h.target), start, h.len, &info);
+            // More headers than we parse strictly is legal HTTP; anything else is not.
+            r.malformed |= err != httparse::Error::TooManyHeaders;
+            ReqHead::Complete(r, h.len, next)
+        }
+        lenient::Parse::Partial => ReqHead::Partial,
+        lenient::Parse::Invalid => ReqHead::Invalid,
+    }
+}
+
 fn request_from(
-    req: &httparse::Request<'_, '_>,
+    method: String,
+    path: String,
     start: u64,
-    header_len: u64,
+    header_len: usize,
+    info: &HeaderInfo<'_>,
 ) -> (Request, ReqState) {
-    let raw_path = req.path.unwrap_or("");
-    let path = raw_path.split(['?', '#']).next().unwrap_or("").to_owned();
     let mut r = Request {
-        method: req.method.unwrap_or("").to_owned(),
+        method,
         path,
         start,
-        bytes_in: header_len,
+        bytes_in: header_len as u64,
+        upgrade: info.upgrade(),
         ..Request::default()
     };
-    let next = if is_chunked(req.headers) {
+    let next = if info.is_chunked() {
         ReqState::ChunkedBody(Chunked::default())
     } else {
-        match content_length(req.headers) {
+        match info.content_length() {
             Ok(Some(n)) if n > 0 => ReqState::Body(n),
+            Ok(_) if r.upgrade.is_some() => ReqState::Upgrading,
             Ok(_) => ReqState::default_headers(),
             Err(()) => {
                 r.malformed = true;
@@ -439,6 +707,7 @@ fn request_from(
             }
         }
     };
+    r.complete = matches!(next, ReqState::Headers { .. } | ReqState::Upgrading);
     (r, next)
 }
 
@@ -465,6 +734,8 @@ pub struct ResponseHead {
     pub event_stream: bool,
     /// Bytes of the header block.
     pub len: usize,
+    /// Read leniently, or its framing header did not parse.
+    pub malformed: bool,
 }
 
 impl ResponseHead {
@@ -477,6 +748,41 @@ impl ResponseHead {
             framing: Framing::UntilClose,
             event_stream: false,
             len: 0,
+            malformed: false,
+        }
+    }
+
+    /// Whether this is [`ResponseHead::unknown`]: nothing says where the body ends.
+    #[must_use]
+    pub fn is_unknown(&self) -> bool {
+        self.status == 0 && self.framing == Framing::UntilClose
+    }
+
+    fn new(status: u16, info: &HeaderInfo<'_>, len: usize, head_request: bool) -> Self {
+        let mut malformed = false;
+        let framing = if head_request || status == 204 || status == 304 || status < 200 {
+            Framing::Empty
+        } else if info.is_chunked() {
+            Framing::Chunked(Chunked::default())
+        } else {
+            match info.content_length() {
+                Ok(Some(0)) => Framing::Empty,
+                Ok(Some(n)) => Framing::Length(n),
+                Ok(None) => Framing::UntilClose,
+                Err(()) => {
+                    // The status still stands; the body ends with the connection or the next
+                    // request.
+                    malformed = true;
+                    Framing::UntilClose
+                }
+            }
+        };
+        Self {
+            status,
+            framing,
+            event_stream: info.event_stream(),
+            len,
+            malformed,
         }
     }
 }
@@ -488,38 +794,34 @@ pub enum HeadParse {
     Invalid,
 }
 
-/// Parses a response header block; `head_request` for responses to HEAD.
+/// Parses a response header block; `head_request` for responses to HEAD. Strictly with
+/// httparse, else leniently (flagged `malformed`): a server's odd bytes should not cost the
+/// response its status and framing.
 #[must_use]
 pub fn parse_response_head(buf: &[u8], head_request: bool) -> HeadParse {
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut hs);
-    match resp.parse(buf) {
+    let err = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => {
             let status = resp.code.unwrap_or(0);
-            let event_stream = header(resp.headers, "content-type").is_some_and(|v| {
-                v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream")
-            });
-            let framing = if head_request || status == 204 || status == 304 || status < 200 {
-                Framing::Empty
-            } else if is_chunked(resp.headers) {
-                Framing::Chunked(Chunked::default())
-            } else {
-                match content_length(resp.headers) {
-                    Ok(Some(0)) => Framing::Empty,
-                    Ok(Some(n)) => Framing::Length(n),
-                    Ok(None) => Framing::UntilClose,
-                    Err(()) => return HeadParse::Invalid,
-                }
-            };
-            HeadParse::Complete(ResponseHead {
-                status,
-                framing,
-                event_stream,
-                len: n,
-            })
+            let info = HeaderInfo::strict(resp.headers);
+            return HeadParse::Complete(ResponseHead::new(status, &info, n, head_request));
         }
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEADER_BYTES => HeadParse::Partial,
-        _ => HeadParse::Invalid,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEADER_BYTES => {
+            return HeadParse::Partial;
+        }
+        Ok(httparse::Status::Partial) => return HeadParse::Invalid,
+        Err(e) => e,
+    };
+    match lenient::response(buf) {
+        lenient::Parse::Complete(h) => {
+            let info = HeaderInfo::of(h.headers.iter().copied());
+            let mut head = ResponseHead::new(h.status, &info, h.len, head_request);
+            head.malformed |= err != httparse::Error::TooManyHeaders;
+            HeadParse::Complete(head)
+        }
+        lenient::Parse::Partial if buf.len() < MAX_HEADER_BYTES => HeadParse::Partial,
+        lenient::Parse::Partial | lenient::Parse::Invalid => HeadParse::Invalid,
     }
 }
 
@@ -578,18 +880,202 @@ mod tests {
         assert!(p.feed(Seg::Gap(5000), 1, &mut q).lost_sync);
         p.feed(Seg::Bytes(b"tail of headers\r\n\r\n"), 1, &mut q);
         assert!(q.is_empty());
+        // The next request line shows where the hidden one ended: it is kept, flagged.
         let (_, q) = feed_all(&mut p, b"GET /y HTTP/1.1\r\n\r\n");
-        assert_eq!(q[0].path, "/y");
+        let got: Vec<_> = q.iter().map(|r| (r.path.as_str(), r.truncated)).collect();
+        assert_eq!(got, [("/x", true), ("/y", false)]);
+        assert_eq!(q[0].bytes_in, 21 + 5000 + 19);
     }
 
     #[test]
     fn garbage_is_flagged_not_panicked() {
         let mut p = RequestParser::default();
         let (out, q) = feed_all(&mut p, b"\x16\x03\x01\x02\x00 TLS hello");
-        assert!(out.lost_sync && q.is_empty());
+        // Not a request, and no bytes hidden: nothing queued, nothing truncated.
+        assert!(!out.lost_sync && q.is_empty() && !p.idle());
+        // Answered all the same (a 400): then it was a request, known only as malformed.
+        let r = p.answered().expect("an answered request");
+        assert!(r.malformed && r.method.is_empty());
         let mut p = RequestParser::default();
         let (_, q) = feed_all(&mut p, b"GET /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n");
         assert!(q[0].malformed);
+    }
+
+    /// #10.2: httparse rejects a target that is not UTF-8; nginx answers it (404).
+    #[test]
+    fn raw_high_bytes_in_the_path_parse_leniently() {
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(
+            &mut p,
+            b"GET /a\x80\xff?q=\xfe HTTP/1.1\r\nHost: t\r\n\r\nGET /ok HTTP/1.1\r\nHost: t\r\n\r\n",
+        );
+        let got: Vec<_> = q
+            .iter()
+            .map(|r| (r.method.as_str(), r.path.as_str(), r.malformed))
+            .collect();
+        assert_eq!(
+            got,
+            [("GET", "/a\u{fffd}\u{fffd}", true), ("GET", "/ok", false)]
+        );
+        assert!(p.idle());
+    }
+
+    /// #10.2: control bytes and DEL in the target (nginx 400, Python 200).
+    #[test]
+    fn control_bytes_in_the_path_parse_leniently() {
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(&mut p, b"GET /a\x01b\x7f HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].path, "/a\u{1}b\u{7f}");
+        assert!(q[0].malformed && q[0].complete);
+    }
+
+    /// #10.2: a control byte in a header value (nginx and Python answer 200); the framing
+    /// headers of a leniently read head still frame its body, so the next request follows.
+    #[test]
+    fn a_control_byte_in_a_header_value_parses_leniently() {
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(
+            &mut p,
+            b"POST /v1/chat/completions HTTP/1.1\r\nX-A: a\x01b\r\nContent-Length: 14\r\n\r\n{\"model\":\"m\x01\"}GET /next HTTP/1.1\r\n\r\n",
+        );
+        let got: Vec<_> = q
+            .iter()
+            .map(|r| (r.path.as_str(), r.malformed, r.complete))
+            .collect();
+        assert_eq!(
+            got,
+            [("/v1/chat/completions", true, true), ("/next", false, true)]
+        );
+        assert_eq!(q[0].body_head.len(), 14);
+        assert!(p.idle());
+    }
+
+    /// #10.2: chunked framing of a leniently read head is honoured too.
+    #[test]
+    fn a_lenient_head_keeps_chunked_framing() {
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(
+            &mut p,
+            b"POST /\xff HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /n HTTP/1.1\r\n\r\n",
+        );
+        assert_eq!(q.len(), 2);
+        assert!(q[0].complete && q[0].malformed);
+        assert_eq!(q[1].path, "/n");
+    }
+
+    /// More headers than httparse is given room for is legal HTTP: read leniently, not flagged.
+    #[test]
+    fn many_headers_are_not_malformed() {
+        let mut raw = b"GET /many HTTP/1.1\r\n".to_vec();
+        for i in 0..100 {
+            raw.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(&mut p, &raw);
+        assert_eq!(q.len(), 1);
+        assert!(!q[0].malformed);
+    }
+
+    /// #10.2: a head answered before it was complete (nginx rejects a bad request line at
+    /// once) and an HTTP/0.9 line (nginx serves it, with no status line) are records too.
+    #[test]
+    fn a_request_answered_before_it_parsed_is_kept() {
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(&mut p, b"GET /a\x01b HTTP/1.1\r\nHost: t\r\n");
+        assert!(q.is_empty());
+        let r = p.answered().unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/a\u{1}b"));
+        assert!(r.malformed && !r.truncated);
+        // A second answer with nothing else read is still an answer to something we lost.
+        assert!(p.answered().is_some());
+        // Back in sync at the next request line.
+        let (_, q) = feed_all(&mut p, b"GET /b HTTP/1.1\r\n\r\n");
+        assert_eq!(q[0].path, "/b");
+        assert!(p.answered().is_none());
+
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(&mut p, b"GET /a.txt\r\n");
+        assert!(q.is_empty());
+        let r = p.answered().unwrap();
+        assert_eq!((r.path.as_str(), r.malformed), ("/a.txt", true));
+        // An idle parser has nothing to answer.
+        assert!(RequestParser::default().answered().is_none());
+    }
+
+    /// A line that does not parse does not hide the request line after it.
+    #[test]
+    fn a_request_after_junk_in_the_same_read_is_found() {
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(
+            &mut p,
+            b"G\x01T /x HTTP/1.1\r\nA: b\r\n\r\nGET /y HTTP/1.1\r\n\r\n",
+        );
+        let got: Vec<_> = q
+            .iter()
+            .map(|r| (r.method.as_str(), r.path.as_str(), r.malformed, r.bytes_in))
+            .collect();
+        assert_eq!(got, [("", "", true, 25), ("GET", "/y", false, 19)]);
+    }
+
+    /// #10.7: after a request asking to switch protocols, bytes that do not begin a request
+    /// are the new protocol's; a declined upgrade leaves the stream HTTP.
+    #[test]
+    fn an_upgrade_request_waits_for_the_servers_answer() {
+        let mut p = RequestParser::default();
+        let (out, q) = feed_all(
+            &mut p,
+            b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x85\x00\x00\x00\x00hello",
+        );
+        assert_eq!(q[0].upgrade, Some(Upgrade::Other));
+        assert!(!out.lost_sync && q.len() == 1);
+        assert!(p.answered().is_none());
+        p.upgrade_declined();
+        assert!(p.idle());
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(
+            &mut p,
+            b"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n",
+        );
+        assert_eq!(q[0].upgrade, Some(Upgrade::H2c));
+        // Upgrade without `Connection: upgrade` is not a request to switch.
+        let mut p = RequestParser::default();
+        let (_, q) = feed_all(&mut p, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(q[0].upgrade, None);
+    }
+
+    #[test]
+    fn odd_bytes_in_a_response_head_keep_its_status_and_framing() {
+        let HeadParse::Complete(h) = parse_response_head(
+            b"HTTP/1.1 200 O\x01K\r\nX-Echo: a\x01b\r\nContent-Length: 5\r\n\r\nhello",
+            false,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (h.status, h.framing, h.malformed),
+            (200, Framing::Length(5), true)
+        );
+        let HeadParse::Complete(h) =
+            parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (h.status, h.framing, h.malformed),
+            (200, Framing::UntilClose, true)
+        );
+        let HeadParse::Complete(h) = parse_response_head(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            false,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (h.status, h.framing, h.malformed),
+            (101, Framing::Empty, false)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! DESIGN.md "Request boundaries" describes the rules; the per-connection logic is in `conn`.
 mod conn;
 pub mod http;
+mod lenient;
 pub mod scan;
 
 use std::net::SocketAddr;

@@ -190,6 +190,332 @@ fn http2_preface_is_flagged_approximate() {
     assert_eq!((spans[1].start, spans[1].end), (3, 4));
 }
 
+const CONN: crate::probe::ConnId = crate::probe::ConnId {
+    tgid: 1,
+    fd: 3,
+    id: 1,
+};
+
+/// One read or write, `hidden` bytes of it not copied (between its head and its tail).
+fn data(ts: u64, dir: Direction, head: &[u8], hidden: u64, tail: &[u8]) -> OwnedEvent {
+    OwnedEvent::Data {
+        ts,
+        conn: CONN,
+        dir,
+        len: (head.len() + tail.len()) as u64 + hidden,
+        head: head.to_vec(),
+        tail: tail.to_vec(),
+    }
+}
+
+/// An accepted connection: each (direction, bytes) at ts 1, 2, ..., then a close.
+fn conversation(turns: &[(Direction, &[u8])]) -> Vec<OwnedEvent> {
+    let mut ev = vec![OwnedEvent::Accept {
+        ts: 0,
+        conn: CONN,
+        peer: None,
+        listen_fd: 3,
+        family_unknown: false,
+    }];
+    let mut ts = 0;
+    for (dir, b) in turns {
+        ts += 1;
+        ev.push(data(ts, *dir, b, 0, b""));
+    }
+    ev.push(OwnedEvent::Close {
+        ts: ts + 1,
+        conn: CONN,
+    });
+    ev
+}
+
+fn summary(spans: &[RequestSpan]) -> Vec<(Protocol, String, Option<u16>, Vec<&'static str>)> {
+    spans
+        .iter()
+        .map(|s| {
+            (
+                s.protocol,
+                s.path.clone().unwrap_or_default(),
+                s.status,
+                s.flags.names().collect(),
+            )
+        })
+        .collect()
+}
+
+const IN: Direction = Direction::In;
+const OUT: Direction = Direction::Out;
+const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+const BAD: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad";
+
+/// #10.2: raw 0x80/0xFF in the path (httparse: not UTF-8) was no record; nginx answers 404.
+#[test]
+fn raw_high_bytes_in_the_path_still_make_a_record() {
+    let (spans, started) = run(&conversation(&[
+        (IN, b"GET /\x80\xff HTTP/1.1\r\nHost: t\r\n\r\n"),
+        (OUT, NOT_FOUND),
+        (IN, b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n"),
+        (OUT, OK),
+    ]));
+    assert_eq!(started, 2);
+    assert_eq!(
+        summary(&spans),
+        [
+            (
+                Protocol::Http1,
+                "/\u{fffd}\u{fffd}".into(),
+                Some(404),
+                vec!["malformed"]
+            ),
+            (Protocol::Http1, "/a".into(), Some(200), vec![]),
+        ]
+    );
+}
+
+/// #10.2: control bytes in the path (nginx: 400 and close; Python: served).
+#[test]
+fn control_bytes_in_the_path_still_make_a_record() {
+    let (spans, _) = run(&conversation(&[
+        (IN, b"GET /fixed\x01\x7f?size=2 HTTP/1.1\r\nHost: t\r\n\r\n"),
+        (OUT, OK),
+        (IN, b"GET /a\x1bb HTTP/1.1\r\nHost: t\r\n\r\n"),
+        (OUT, BAD),
+    ]));
+    assert_eq!(
+        summary(&spans),
+        [
+            (
+                Protocol::Http1,
+                "/fixed\u{1}\u{7f}".into(),
+                Some(200),
+                vec!["malformed"]
+            ),
+            (
+                Protocol::Http1,
+                "/a\u{1b}b".into(),
+                Some(400),
+                vec!["malformed"]
+            ),
+        ]
+    );
+}
+
+/// #10.2: a control byte in a header value (nginx and Python answer 200), pipelined with a
+/// normal request behind it: both are records, in order, and only the first is flagged.
+#[test]
+fn a_control_byte_in_a_header_value_still_makes_a_record() {
+    let (spans, _) = run(&conversation(&[
+        (
+            IN,
+            b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\x01b\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
+        (OUT, OK),
+        (OUT, NOT_FOUND),
+    ]));
+    assert_eq!(
+        summary(&spans),
+        [
+            (Protocol::Http1, "/a".into(), Some(200), vec!["malformed"]),
+            (Protocol::Http1, "/b".into(), Some(404), vec![]),
+        ]
+    );
+}
+
+/// #10.2: nginx rejects a bad request line before its headers end, and serves an HTTP/0.9
+/// line with a bare body: neither parses as a head, both are answered, so both are records.
+#[test]
+fn a_request_answered_before_it_parses_is_a_record() {
+    let (spans, started) = run(&conversation(&[
+        (IN, b"GET /ok HTTP/1.1\r\n\r\n"),
+        (OUT, OK),
+        (IN, b"G\x01T /x HTTP/1.1\r\nHo"),
+        (OUT, BAD),
+    ]));
+    assert_eq!(started, 2);
+    assert_eq!(
+        summary(&spans),
+        [
+            (Protocol::Http1, "/ok".into(), Some(200), vec![]),
+            (Protocol::Http1, String::new(), Some(400), vec!["malformed"]),
+        ]
+    );
+    assert_eq!(spans[1].bytes_in, 19);
+    let (spans, _) = run(&conversation(&[(IN, b"GET /a.txt\r\n"), (OUT, b"hello\n")]));
+    assert_eq!(
+        summary(&spans),
+        [(Protocol::Http1, "/a.txt".into(), None, vec!["malformed"])]
+    );
+    assert_eq!(spans[0].method.as_deref(), Some("GET"));
+}
+
+/// Bytes that are no request and that the server does not answer are no record.
+#[test]
+fn unanswered_junk_is_no_record() {
+    let (spans, started) = run(&conversation(&[
+        (IN, b"GET /ok HTTP/1.1\r\n\r\n"),
+        (OUT, OK),
+        (IN, b"\x16\x03\x01 junk\r\n\r\n"),
+    ]));
+    assert_eq!((spans.len(), started), (1, 1));
+}
+
+/// #10.2, response side: a status line or header with odd bytes keeps its status and framing,
+/// and the request behind it pairs with its own response.
+#[test]
+fn odd_bytes_in_a_response_keep_the_request_and_its_status() {
+    let (spans, _) = run(&conversation(&[
+        (IN, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"),
+        (
+            OUT,
+            b"HTTP/1.1 200 O\x01K\r\nX-Echo: \x01\xff\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (OUT, NOT_FOUND),
+    ]));
+    assert_eq!(
+        summary(&spans),
+        [
+            (Protocol::Http1, "/a".into(), Some(200), vec!["malformed"]),
+            (Protocol::Http1, "/b".into(), Some(404), vec![]),
+        ]
+    );
+}
+
+/// A response head that cannot be read at all runs to the next response's status line when
+/// the next request is already queued, rather than swallowing the responses behind it.
+#[test]
+fn an_unreadable_response_head_ends_at_the_next_status_line() {
+    let (spans, _) = run(&conversation(&[
+        (IN, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"),
+        (OUT, b"XTTP/1.1 200 OK\r\n\r\nbody"),
+        (OUT, NOT_FOUND),
+    ]));
+    assert_eq!(
+        summary(&spans),
+        [
+            (Protocol::Http1, "/a".into(), None, vec!["malformed"]),
+            (Protocol::Http1, "/b".into(), Some(404), vec![]),
+        ]
+    );
+    assert_eq!(spans[0].end, 2);
+}
+
+/// A request whose head a kernel gap hid is a record once the server answers it, with what
+/// its captured first bytes showed (method, path), flagged truncated; the next one is clean.
+#[test]
+fn a_request_whose_head_a_gap_hid_is_kept_when_answered() {
+    let mut ev = conversation(&[]);
+    let close = ev.pop().unwrap();
+    ev.extend([
+        data(
+            1,
+            IN,
+            b"GET /big HTTP/1.1\r\nCookie: aaaa",
+            900,
+            b"aaaa\r\n\r\n",
+        ),
+        data(2, OUT, OK, 0, b""),
+        data(3, IN, b"GET /next HTTP/1.1\r\n\r\n", 0, b""),
+        data(4, OUT, NOT_FOUND, 0, b""),
+        close,
+    ]);
+    let (spans, started) = run(&ev);
+    assert_eq!(started, 2);
+    assert_eq!(
+        summary(&spans),
+        [
+            (Protocol::Http1, "/big".into(), Some(200), vec!["truncated"]),
+            (Protocol::Http1, "/next".into(), Some(404), vec![]),
+        ]
+    );
+    assert_eq!(spans[0].bytes_in, 31 + 900 + 8);
+}
+
+const UPGRADE: &[u8] =
+    b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+/// #10.7: a WebSocket 101 lost its status (read as an interim 1xx) and the frames after it
+/// were parsed as a response head, flagged malformed. The HTTP span ends with the 101 head;
+/// the frames after it are turn-taking TCP spans, never HTTP requests.
+#[test]
+fn a_101_upgrade_keeps_its_status_and_ends_the_http_span() {
+    // A server frame in the same write as the 101, then two client messages echoed.
+    let mut first = SWITCHING.to_vec();
+    first.extend_from_slice(b"\x81\x05hello");
+    let (spans, started) = run(&conversation(&[
+        (IN, UPGRADE),
+        (OUT, &first),
+        (IN, b"\x82\x85\x01\x02\x03\x04GET /"),
+        (OUT, b"\x82\x05GET /"),
+        (
+            IN,
+            b"\x81\x9c\x00\x00\x00\x00HTTP/1.1 200 OK\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        ),
+        (
+            OUT,
+            b"\x81\x1cHTTP/1.1 200 OK\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        ),
+    ]));
+    assert_eq!(started, 3);
+    assert_eq!(
+        summary(&spans),
+        [
+            (Protocol::Http1, "/chat".into(), Some(101), vec![]),
+            (Protocol::Tcp, String::new(), None, vec![]),
+            (Protocol::Tcp, String::new(), None, vec![]),
+        ]
+    );
+    // The HTTP span is the handshake: it ends with the 101 head, whose bytes alone it counts.
+    assert_eq!((spans[0].start, spans[0].end), (1, 2));
+    assert_eq!(spans[0].bytes_out, SWITCHING.len() as u64);
+    assert_eq!((spans[1].start, spans[1].end), (3, 4));
+}
+
+/// An `h2c` upgrade continues as HTTP/2 (turn-taking, flagged approximate).
+#[test]
+fn an_h2c_upgrade_continues_as_http2() {
+    let (spans, _) = run(&conversation(&[
+        (
+            IN,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        ),
+        (OUT, b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
+        (IN, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
+        (OUT, b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"),
+    ]));
+    assert_eq!(
+        summary(&spans),
+        [
+            (Protocol::Http1, "/".into(), Some(101), vec![]),
+            (Protocol::Http2, String::new(), None, vec!["approximate"]),
+        ]
+    );
+}
+
+/// A server that declines an upgrade (here 426) keeps the connection HTTP.
+#[test]
+fn a_declined_upgrade_stays_http() {
+    let (spans, _) = run(&conversation(&[
+        (IN, UPGRADE),
+        (
+            OUT,
+            b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (IN, b"GET /a HTTP/1.1\r\n\r\n"),
+        (OUT, OK),
+    ]));
+    assert_eq!(
+        summary(&spans),
+        [
+            (Protocol::Http1, "/chat".into(), Some(426), vec![]),
+            (Protocol::Http1, "/a".into(), Some(200), vec![]),
+        ]
+    );
+}
+
 fn arb_event() -> impl Strategy<Value = OwnedEvent> {
     let conn = (0u32..2, 0i32..3).prop_map(|(t, fd)| crate::probe::ConnId { tgid: t, fd, id: 1 });
     let payload = prop_oneof![
@@ -198,6 +524,12 @@ fn arb_event() -> impl Strategy<Value = OwnedEvent> {
         Just(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec()),
         Just(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n".to_vec()),
         Just(b"0\r\n\r\n".to_vec()),
+        // Heads httparse rejects, and protocol switches.
+        Just(b"GET /\x80\x01 HTTP/1.1\r\nX: \x01\r\nContent-Length: 2\r\n\r\nab".to_vec()),
+        Just(b"G\x01T / HTTP/1.1\r\n".to_vec()),
+        Just(b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec()),
+        Just(b"HTTP/1.1 101 Switching Protocols\r\n\r\n\x81\x01a".to_vec()),
+        Just(b"HTTP/1.1 200 \x01\r\nContent-Length: 1\r\n\r\nx".to_vec()),
     ];
     prop_oneof![
         (conn.clone(), any::<bool>(), payload, 0u64..5000).prop_map(|(conn, inb, head, extra)| {
