@@ -139,7 +139,11 @@ impl Conn {
             None => {
                 let p = if dir == Direction::In && head.starts_with(http::H2_PREFACE) {
                     Some(Protocol::Http2)
-                } else if dir == Direction::In && http::looks_like_request(head) {
+                } else if dir == Direction::In
+                    && (http::looks_like_request(head)
+                        // Accepted: the parser starts at a request line, whatever its method.
+                        || self.accepted && http::starts_http1(head))
+                {
                     Some(Protocol::Http1)
                 } else if self.accepted {
                     // From its first byte this is not HTTP: delimit by turn-taking.

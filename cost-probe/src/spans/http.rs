@@ -52,6 +52,18 @@ pub fn looks_like_request(b: &[u8]) -> bool {
     METHODS.iter().any(|m| b.starts_with(m))
 }
 
+/// Whether the first bytes of a connection are an HTTP/1 request: a known method, or a first
+/// line that ends in an HTTP/1 version (another method, or bytes a server still answers).
+#[must_use]
+pub fn starts_http1(b: &[u8]) -> bool {
+    looks_like_request(b)
+        || memchr::memchr(b'\n', b).is_some_and(|i| {
+            let l = &b[..i];
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            l.ends_with(b" HTTP/1.1") || l.ends_with(b" HTTP/1.0")
+        })
+}
+
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A request's wish to switch protocols (`Connection: upgrade` with `Upgrade: ...`).

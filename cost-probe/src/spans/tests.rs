@@ -349,6 +349,38 @@ fn a_request_answered_before_it_parses_is_a_record() {
     assert_eq!(spans[0].method.as_deref(), Some("GET"));
 }
 
+/// A connection whose first line is no known method but ends in an HTTP/1 version is HTTP/1:
+/// another method is parsed, and one that is no token is still answered (nginx: 400).
+#[test]
+fn a_first_line_with_an_http_version_is_http1_whatever_its_method() {
+    let (spans, _) = run(&conversation(&[
+        (IN, b"PROPFIND /dav HTTP/1.1\r\nDepth: 1\r\n\r\n"),
+        (
+            OUT,
+            b"HTTP/1.1 207 Multi-Status\r\nContent-Length: 0\r\n\r\n",
+        ),
+    ]));
+    assert_eq!(
+        summary(&spans),
+        [(Protocol::Http1, "/dav".into(), Some(207), vec![])]
+    );
+    assert_eq!(spans[0].method.as_deref(), Some("PROPFIND"));
+    let (spans, _) = run(&conversation(&[
+        (IN, b"G\x01T /x HTTP/1.1\r\nHost: t\r\n\r\n"),
+        (OUT, BAD),
+    ]));
+    assert_eq!(
+        summary(&spans),
+        [(Protocol::Http1, String::new(), Some(400), vec!["malformed"])]
+    );
+    // Anything else from its first byte is still turn-taking TCP.
+    let (spans, _) = run(&conversation(&[(IN, b"\x16\x03\x01\x00"), (OUT, b"\x15")]));
+    assert_eq!(
+        summary(&spans),
+        [(Protocol::Tcp, String::new(), None, vec![])]
+    );
+}
+
 /// Bytes that are no request and that the server does not answer are no record.
 #[test]
 fn unanswered_junk_is_no_record() {
