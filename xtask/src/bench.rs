@@ -35,12 +35,13 @@ const TRACEPOINTS: &[&str] = &[
     "close",
 ];
 
-pub fn run(which: &str, secs: u64, rounds: u32) -> anyhow::Result<()> {
+pub fn run(which: &str, secs: u64, rounds: u32, header_bytes: usize) -> anyhow::Result<()> {
     match which {
-        "overhead" => overhead(secs, rounds),
+        "overhead" => overhead(secs, rounds, header_bytes),
+        "host-tax" => host_tax(secs, rounds),
         "soak" => soak(secs),
         "micro" => crate::run(crate::cargo().args(["bench", "-p", "cost-probe"])),
-        other => bail!("unknown benchmark {other:?} (overhead, soak, micro)"),
+        other => bail!("unknown benchmark {other:?} (overhead, host-tax, soak, micro)"),
     }
 }
 
@@ -57,9 +58,23 @@ fn cpu_ns(pid: u32) -> u64 {
 }
 
 /// Runs wrk and returns the requests it completed.
-fn wrk(port: u16, secs: u64) -> anyhow::Result<u64> {
-    let out = Command::new("wrk")
-        .args(["-t1", "-c8", &format!("-d{secs}s")])
+fn wrk(port: u16, secs: u64, header_bytes: usize) -> anyhow::Result<u64> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c8", &format!("-d{secs}s")]);
+    // Production-shaped headers: lines of at most 4 KiB (nginx's default buffers take 8 KiB a
+    // line), like a JWT, cookies and gateway headers.
+    let mut left = header_bytes;
+    let mut i = 0;
+    while left > 0 {
+        let n = left.min(4096);
+        cmd.arg("-H").arg(format!(
+            "x-pad-{i}: {}",
+            "a".repeat(n.saturating_sub(12).max(1))
+        ));
+        left -= n;
+        i += 1;
+    }
+    let out = cmd
         .arg(format!("http://127.0.0.1:{port}/t"))
         .output()
         .context("running wrk")?;
@@ -109,7 +124,7 @@ fn bpftrace(worker: u32) -> anyhow::Result<Proc> {
     Ok(Proc { child })
 }
 
-fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
+fn overhead(secs: u64, rounds: u32, header_bytes: usize) -> anyhow::Result<()> {
     crate::build_release()?;
     // SAFETY: std::env::set_var before spawning threads of our own.
     unsafe { std::env::set_var("COST_PROBE_BIN", "target/release/cost-probe") };
@@ -125,7 +140,7 @@ fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
     let mut totals = vec![Totals::default(); modes.len()];
     // Per round and mode: (worker µs/req, tracer µs/req).
     let mut per_round: Vec<Vec<(f64, f64)>> = Vec::new();
-    wrk(nginx.port, 1)?; // warm-up
+    wrk(nginx.port, 1, header_bytes)?; // warm-up
     for round in 0..rounds {
         let mut this_round = Vec::new();
         for (m, mode) in modes.iter().enumerate() {
@@ -147,7 +162,7 @@ fn overhead(secs: u64, rounds: u32) -> anyhow::Result<()> {
             };
             let tracer_pid = tracer.as_ref().map(|t| t.0);
             let (w0, t0) = (cpu_ns(worker), tracer_pid.map_or(0, cpu_ns));
-            let n = wrk(nginx.port, secs)?;
+            let n = wrk(nginx.port, secs, header_bytes)?;
             let (w1, t1) = (cpu_ns(worker), tracer_pid.map_or(0, cpu_ns));
             if let Some((_, stop)) = tracer {
                 stop();
@@ -337,4 +352,125 @@ fn soak(secs: u64) -> anyhow::Result<()> {
     println!("{report}");
     std::fs::write("target/bench/soak.txt", &report)?;
     Ok(())
+}
+
+/// `cargo xtask bench host-tax`: what tracing one process costs every *other* process on the
+/// host. Syscall tracepoints are switched on for every task, and a program on the raw `sys_exit`
+/// tracepoint runs for every syscall of every process, filtered inside the program.
+///
+/// nginx (idle) is the traced process; this process is the unrelated one, timing a tight loop of
+/// `getppid(2)`, the cheapest syscall. Modes alternate round by round:
+/// - `untraced`;
+/// - `bpftrace-1tp`: one `syscalls:sys_enter_close` tracepoint filtered to the nginx worker —
+///   the floor of any syscall tracer (the issue's "one-tracepoint bpftrace");
+/// - `bpftrace-exit`: one `raw_syscalls:sys_exit` perf tracepoint filtered to the worker (what a
+///   program on every syscall's exit costs through perf; bpftrace 0.17 has no raw tracepoints);
+/// - `cost-probe` (and `alt` with `COST_PROBE_BENCH_ALT`): `cost-probe attach` on nginx.
+fn host_tax(secs: u64, rounds: u32) -> anyhow::Result<()> {
+    crate::build_release()?;
+    let nginx = Nginx::start(1, &[("t", b"ok")]);
+    let worker = *nginx.workers().first().context("nginx has no worker")?;
+    let alt = std::env::var_os("COST_PROBE_BENCH_ALT").map(std::path::PathBuf::from);
+    let mut modes = vec!["untraced", "bpftrace-1tp", "bpftrace-exit", "cost-probe"];
+    if alt.is_some() {
+        modes.push("alt");
+    }
+    let bin = std::path::PathBuf::from("target/release/cost-probe");
+    let mut per_round: Vec<Vec<f64>> = Vec::new();
+    for round in 0..rounds {
+        let mut this_round = Vec::new();
+        for mode in &modes {
+            let stop: Option<Box<dyn FnOnce()>> = match *mode {
+                "bpftrace-1tp" => {
+                    let p = bpftrace_script(&format!(
+                        "tracepoint:syscalls:sys_enter_close /pid == {worker}/ {{ @n = count(); }}"
+                    ))?;
+                    Some(Box::new(move || drop(p)))
+                }
+                "bpftrace-exit" => {
+                    let p = bpftrace_script(&format!(
+                        "tracepoint:raw_syscalls:sys_exit /pid == {worker}/ {{ @n = count(); }}"
+                    ))?;
+                    Some(Box::new(move || drop(p)))
+                }
+                "cost-probe" => {
+                    let a = Attach::start_with(&bin, nginx.master.pid(), &[]);
+                    Some(Box::new(move || drop(a.stop())))
+                }
+                "alt" => {
+                    let b = alt.as_deref().context("alt mode without a binary")?;
+                    let a = Attach::start_with(b, nginx.master.pid(), &[]);
+                    Some(Box::new(move || drop(a.stop())))
+                }
+                _ => None,
+            };
+            let ns = getppid_ns(Duration::from_secs(secs));
+            if let Some(stop) = stop {
+                stop();
+            }
+            eprintln!("round {round} {mode:>13}: getppid {ns:.1} ns/call");
+            this_round.push(ns);
+        }
+        per_round.push(this_round);
+    }
+    let mut report = format!(
+        "host tax: an unrelated process's getppid(2), median of {rounds} rounds of {secs} s\n\
+         mode           ns/call   added ns   added / bpftrace-1tp added\n"
+    );
+    let base = median(per_round.iter().map(|r| r[0]).collect());
+    let floor = median(per_round.iter().map(|r| r[1] - r[0]).collect());
+    for (m, mode) in modes.iter().enumerate() {
+        let ns = median(per_round.iter().map(|r| r[m]).collect());
+        let added = if m == 0 {
+            0.0
+        } else {
+            median(per_round.iter().map(|r| r[m] - r[0]).collect())
+        };
+        let _ = writeln!(
+            report,
+            "{mode:<14} {ns:>8.1} {added:>10.1} {:>12.2}",
+            if m == 0 { f64::NAN } else { added / floor }
+        );
+    }
+    let _ = writeln!(report, "(untraced median {base:.1} ns/call)");
+    println!("{report}");
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write("target/bench/host-tax.txt", &report)?;
+    Ok(())
+}
+
+/// Mean cost of `getppid(2)` in a tight loop for about `for_`, as the median of 20 slices (a
+/// slice preempted by the tracer's own thread or the host does not move the figure).
+fn getppid_ns(for_: Duration) -> f64 {
+    const CALLS: u32 = 20_000;
+    let slices = 20;
+    let per_slice = for_ / slices;
+    let mut means = Vec::new();
+    for _ in 0..slices {
+        let start = std::time::Instant::now();
+        let mut calls = 0u64;
+        while start.elapsed() < per_slice {
+            for _ in 0..CALLS {
+                // SAFETY: getppid has no arguments and no failure mode.
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            }
+            calls += u64::from(CALLS);
+        }
+        means.push(start.elapsed().as_nanos() as f64 / calls as f64);
+    }
+    median(means)
+}
+
+fn bpftrace_script(script: &str) -> anyhow::Result<Proc> {
+    let mut child = Command::new("bpftrace")
+        .args(["-q", "-e", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning bpftrace")?;
+    std::thread::sleep(Duration::from_secs(3));
+    if let Some(status) = child.try_wait()? {
+        bail!("bpftrace exited early: {status}");
+    }
+    Ok(Proc { child })
 }

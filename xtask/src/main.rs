@@ -48,9 +48,13 @@ enum Cmd {
         /// Seconds per measurement round (overhead).
         #[arg(long, default_value_t = 5)]
         secs: u64,
-        /// Alternating rounds per mode (overhead).
+        /// Alternating rounds per mode (overhead, host-tax).
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Extra request-header bytes wrk sends with every request (overhead): production-size
+        /// headers (JWTs, cookies) instead of a bare GET.
+        #[arg(long, default_value_t = 0)]
+        header_bytes: usize,
     },
     /// Prove that no module of cost-probe uses a module that uses it back (top-level modules, and
     /// the children of each).
@@ -75,9 +79,10 @@ fn main() -> anyhow::Result<()> {
             which,
             secs,
             rounds,
+            header_bytes,
         } => {
             setup(true)?;
-            bench::run(&which, secs, rounds)
+            bench::run(&which, secs, rounds, header_bytes)
         }
         Cmd::Deps { src } => deps::run(&src),
         Cmd::CheckTree => hygiene::check_tree(&root),
