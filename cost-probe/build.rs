@@ -30,6 +30,12 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    // The eBPF crate's programs are compiled out on the host (`#[cfg(target_arch = "bpf")]`), so
+    // the host build of the build-dependency never reads them and cargo would not notice an edit
+    // that touches only them: watch its sources (and the shared types) directly.
+    println!("cargo:rerun-if-changed={root_dir}/src");
+    println!("cargo:rerun-if-changed={root_dir}/Cargo.toml");
+    println!("cargo:rerun-if-changed={root_dir}/../cost-probe-common/src");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),
