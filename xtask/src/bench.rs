@@ -1,15 +1,17 @@
 //! `cargo xtask bench overhead`: what tracing costs the traced server, per request.
 //!
 //! nginx (1 worker) serves a tiny file under wrk keep-alive load, the worst case for a syscall
-//! tracer (a few µs of work per request, 3–4 traced syscalls). Modes alternate round by round so
-//! drift on these shared machines hits all of them alike:
+//! tracer (a few µs of work per request, 3–4 traced syscalls). Modes alternate round by round,
+//! in an order that rotates each round, so drift on these shared machines and the position in a
+//! round hit all of them alike:
 //! - `untraced`: nothing attached;
 //! - `bpftrace`: a minimal counter on the same syscall tracepoints, filtered to the worker —
 //!   the floor any syscall tracer pays;
 //! - `cost-probe`: `cost-probe attach` on the master (so the worker is traced as a descendant).
 //!
 //! The figure is the worker's CPU time per request from /proc/PID/schedstat (ns, steadier than
-//! throughput on 2 shared cores), plus cost-probe's own CPU time per request.
+//! throughput on 2 shared cores), plus cost-probe's own CPU time per request, also as a share of
+//! the same round's untraced worker's. `--header-bytes N` sends production-size headers.
 use std::{
     fmt::Write as _,
     process::{Command, Stdio},
@@ -142,8 +144,13 @@ fn overhead(secs: u64, rounds: u32, header_bytes: usize) -> anyhow::Result<()> {
     let mut per_round: Vec<Vec<(f64, f64)>> = Vec::new();
     wrk(nginx.port, 1, header_bytes)?; // warm-up
     for round in 0..rounds {
-        let mut this_round = Vec::new();
-        for (m, mode) in modes.iter().enumerate() {
+        let mut this_round = vec![(0.0, 0.0); modes.len()];
+        // The order rotates round by round: a mode that always ran first (or right after
+        // another) would carry that position's drift into every round (A/B runs of two builds
+        // read higher for whichever ran first).
+        for k in 0..modes.len() {
+            let m = (k + round as usize) % modes.len();
+            let mode = &modes[m];
             let tracer: Option<(u32, Box<dyn FnOnce()>)> = match *mode {
                 "bpftrace" => {
                     let p = bpftrace(worker)?;
@@ -175,19 +182,35 @@ fn overhead(secs: u64, rounds: u32, header_bytes: usize) -> anyhow::Result<()> {
                 (w1 - w0) as f64 / n as f64 / 1e3,
                 (t1 - t0) as f64 / n as f64 / 1e3,
             );
-            this_round.push((w, tr));
+            this_round[m] = (w, tr);
             eprintln!(
                 "round {round} {mode:>10}: {n} requests, worker {w:.2} µs/req, tracer {tr:.2} µs/req"
             );
         }
         per_round.push(this_round);
     }
+    let report = overhead_report(&modes, &totals, &per_round, secs, rounds);
+    println!("{report}");
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write("target/bench/overhead.txt", &report)?;
+    Ok(())
+}
+
+/// The overhead table: totals over all rounds, then per-round medians against each round's
+/// untraced run, then each tracer's own CPU against the untraced worker's.
+fn overhead_report(
+    modes: &[&str],
+    totals: &[Totals],
+    per_round: &[Vec<(f64, f64)>],
+    secs: u64,
+    rounds: u32,
+) -> String {
     let per = |t: &Totals, ns: u64| ns as f64 / t.requests as f64 / 1e3;
     let base = per(&totals[0], totals[0].worker_ns);
     let mut report = String::from(
         "mode        requests/s   worker µs/req   added µs/req   ratio   tracer µs/req\n",
     );
-    for (mode, t) in modes.iter().zip(&totals) {
+    for (mode, t) in modes.iter().zip(totals) {
         let w = per(t, t.worker_ns);
         let _ = writeln!(
             report,
@@ -206,6 +229,17 @@ fn overhead(secs: u64, rounds: u32, header_bytes: usize) -> anyhow::Result<()> {
         "\nper round, against that round's untraced run (median of {rounds} rounds):\n\
          mode        added µs/req   ratio   tracer µs/req"
     );
+    let mut own_cpu = String::new();
+    for (m, mode) in modes.iter().enumerate().skip(1) {
+        let own = median(per_round.iter().map(|r| r[m].1 / r[0].0).collect());
+        if own > 0.0 {
+            let _ = writeln!(
+                own_cpu,
+                "{mode:<10} own CPU per request: {:.1} % of the same round's untraced worker's",
+                own * 100.0
+            );
+        }
+    }
     for (m, mode) in modes.iter().enumerate().skip(1) {
         let added = median(per_round.iter().map(|r| r[m].0 - r[0].0).collect());
         let ratio = median(per_round.iter().map(|r| r[m].0 / r[0].0).collect());
@@ -215,10 +249,9 @@ fn overhead(secs: u64, rounds: u32, header_bytes: usize) -> anyhow::Result<()> {
             "{mode:<10} {added:>14.2} {ratio:>7.3} {tracer:>15.2}"
         );
     }
-    println!("{report}");
-    std::fs::create_dir_all("target/bench")?;
-    std::fs::write("target/bench/overhead.txt", &report)?;
-    Ok(())
+    report.push('\n');
+    report.push_str(&own_cpu);
+    report
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
