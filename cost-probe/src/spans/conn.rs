@@ -44,7 +44,13 @@ struct Write<'a> {
     usage: Usage,
     head: &'a [u8],
     tail: &'a [u8],
+    /// The whole write when head and tail are contiguous (the small record's 512 + 384 bytes
+    /// cover it): scanned as one, so a `usage` or `model` that straddles the seam is found.
+    whole: Option<&'a [u8]>,
 }
+
+/// Head and tail of the small data record, joined (see [`Write::whole`]).
+const JOINED: usize = 512 + 384;
 
 /// Per-write accounting of a response body.
 #[derive(Debug, Default)]
@@ -173,22 +179,27 @@ impl Conn {
     // -- HTTP/1 ------------------------------------------------------------------------------
 
     fn http_in(&mut self, ctx: &mut Ctx<'_>, ts: u64, segs: [Seg<'_>; 3]) {
-        let before = self.queue.len();
+        let first = self.queue.len();
+        let mut before = first;
         for seg in segs {
             let r = self.parser.feed(seg, ts, &mut self.queue);
+            // Assign ids to the new requests, bounded per connection, segment by segment: a
+            // loss in the gap flags the first request after it, not the ones the head held.
+            while self.queue.len() > ctx.limits.max_queued {
+                self.queue.pop_back();
+                ctx.stats.queue_overflow += 1;
+            }
+            if self.queue.len() > before {
+                self.announce(ctx, before);
+                before = self.queue.len();
+            }
             if r.lost_sync {
                 self.pending_flags.set(Flags::TRUNCATED);
             }
         }
-        // Assign ids to the new requests, bounded per connection.
-        while self.queue.len() > ctx.limits.max_queued {
-            self.queue.pop_back();
-            ctx.stats.queue_overflow += 1;
-        }
-        if self.queue.len() <= before {
+        if self.queue.len() <= first {
             return;
         }
-        self.announce(ctx, before);
         // An unframed response ends when the next request arrives.
         if self
             .resp
@@ -240,10 +251,31 @@ impl Conn {
             self.finish(ctx, end, Flags::default());
         }
         // Usage sits at a non-streamed body's end or in a stream's last chunk; scan the write
-        // before framing may finish its response.
-        let mut usage = scan::usage(head);
-        usage.merge(scan::usage(tail));
-        let write = Write { usage, head, tail };
+        // before framing may finish its response. A write the kernel copied whole in two pieces
+        // is scanned joined: its `usage` may straddle the seam.
+        let mut joined = [0u8; JOINED];
+        let whole = (matches!(segs[1], Seg::Gap(0))
+            && !tail.is_empty()
+            && head.len() + tail.len() <= JOINED)
+            .then(|| {
+                joined[..head.len()].copy_from_slice(head);
+                joined[head.len()..head.len() + tail.len()].copy_from_slice(tail);
+                &joined[..head.len() + tail.len()]
+            });
+        let usage = match whole {
+            Some(w) => scan::usage(w),
+            None => {
+                let mut u = scan::usage(head);
+                u.merge(scan::usage(tail));
+                u
+            }
+        };
+        let write = Write {
+            usage,
+            head,
+            tail,
+            whole,
+        };
         for seg in segs {
             self.out_seg(ctx, ts, seg, &write);
             if self.proto != Some(Protocol::Http1) {
@@ -306,7 +338,10 @@ impl Conn {
                 resp.last_ts = ts;
                 resp.usage.merge(write.usage);
                 if resp.model.is_none() {
-                    resp.model = scan::model(write.head).or_else(|| scan::model(write.tail));
+                    resp.model = match write.whole {
+                        Some(w) => scan::model(w),
+                        None => scan::model(write.head).or_else(|| scan::model(write.tail)),
+                    };
                 }
             }
             let Some(h) = resp.head.as_mut() else {

@@ -495,7 +495,11 @@ impl RequestParser {
                         self.lose(queue, &mut out);
                     }
                 }
-                ReqState::Headers { .. } => {
+                ReqState::Headers { buf, start } => {
+                    // A gap at a request boundary hides a request that begins here.
+                    if buf.is_empty() {
+                        *start = ts;
+                    }
                     self.lose_head(Unframable::Truncated, &mut out);
                     self.discard(n);
                 }

@@ -618,3 +618,130 @@ proptest! {
         prop_assert!(open.is_empty(), "never finished: {:?}", open);
     }
 }
+
+/// Regression (found by `big_payloads`): a response of 513–896 bytes comes whole in the small
+/// record as 512 head bytes and the rest as the tail; a `usage` object straddling byte 512 lost
+/// a count because the two pieces were scanned apart.
+#[test]
+fn usage_straddling_the_small_records_seam_is_read_whole() {
+    for pad in [370usize, 385, 400, 410, 415] {
+        let json = format!(
+            r#"{{"model":"m","pad":"{}","usage":{{"prompt_tokens":31,"completion_tokens":4096}}}}"#,
+            "x".repeat(pad)
+        );
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        let b = resp.as_bytes();
+        assert!(b.len() > 512 && b.len() <= 896);
+        let at = resp.find("\"usage\"").unwrap();
+        assert!(at < 512 && at + 60 > 512, "usage straddles byte 512");
+        let events = vec![
+            OwnedEvent::Accept {
+                ts: 0,
+                conn: CONN,
+                peer: None,
+                listen_fd: 3,
+                family_unknown: false,
+            },
+            data(
+                1,
+                IN,
+                b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                0,
+                b"",
+            ),
+            // As the kernel copies it: the first 512 bytes, then the rest as the tail.
+            data(2, OUT, &b[..512], 0, &b[512..]),
+            OwnedEvent::Close { ts: 3, conn: CONN },
+        ];
+        let (spans, _) = run(&events);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            (spans[0].usage.prompt, spans[0].usage.completion),
+            (Some(31), Some(4096)),
+            "pad {pad}"
+        );
+    }
+}
+
+/// Regression (found by `big_payloads`, recorded with `attach --record` against the Python
+/// server): 100 pipelined requests of 1 KiB headers in one 100 KiB read, of which the kernel
+/// copies the first 16 KiB and the last 384 bytes. The request cut by the capture's edge had a
+/// start of 0 (the boot time): every span now starts within the traffic.
+#[test]
+fn a_pipelined_request_cut_by_the_capture_edge_keeps_its_start() {
+    let events = fixture("python_pipelined_1k_heads.ndjson");
+    let first = events[0].borrowed().ts();
+    let (spans, _) = run(&events);
+    assert_eq!(spans.len(), 100, "one span per answered request");
+    for (i, s) in spans.iter().enumerate() {
+        assert!(
+            s.start >= first && s.start <= s.end,
+            "span {i} starts at {} (traffic from {first}): {s:?}",
+            s.start
+        );
+    }
+    // The first 16 requests were copied whole: the loss after them is not theirs.
+    for s in &spans[..16] {
+        assert!(!s.flags.contains(Flags::TRUNCATED), "{s:?}");
+    }
+    assert!(spans[16].flags.contains(Flags::TRUNCATED));
+}
+
+/// Regression (found by `big_payloads`): 100 pipelined requests of 1 KiB headers read in two
+/// large reads (64 KiB, then the rest), copied as the kernel copies them (the first 16 KiB and
+/// the last 384 bytes of the first read, 512 + 384 of the second): every answered request is a
+/// record, and none starts before the traffic did (the request cut by the capture's edge got a
+/// start of 0, the boot time).
+#[test]
+fn pipelined_requests_cut_by_the_capture_keep_their_times() {
+    let mut stream = Vec::new();
+    for i in 0..100 {
+        let pad = "a".repeat(1000);
+        stream.extend_from_slice(
+            format!("GET /r{i} HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n").as_bytes(),
+        );
+    }
+    let (first, rest) = stream.split_at(65_536);
+    let cut = |b: &[u8], head: usize| -> (Vec<u8>, u64, Vec<u8>) {
+        let tail = 384.min(b.len() - head);
+        (
+            b[..head].to_vec(),
+            (b.len() - head - tail) as u64,
+            b[b.len() - tail..].to_vec(),
+        )
+    };
+    let (h1, g1, t1) = cut(first, 16_384);
+    let (h2, g2, t2) = cut(rest, 512);
+    let mut events = vec![
+        OwnedEvent::Accept {
+            ts: 1_000,
+            conn: CONN,
+            peer: None,
+            listen_fd: 3,
+            family_unknown: false,
+        },
+        data(2_000, IN, &h1, g1, &t1),
+        data(3_000, IN, &h2, g2, &t2),
+    ];
+    for i in 0..100 {
+        events.push(data(
+            4_000 + i,
+            OUT,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            0,
+            b"",
+        ));
+    }
+    events.push(OwnedEvent::Close {
+        ts: 5_000,
+        conn: CONN,
+    });
+    let (spans, _) = run(&events);
+    assert_eq!(spans.len(), 100, "one span per answered request");
+    for s in &spans {
+        assert!(s.start >= 2_000 && s.start <= s.end, "{s:?}");
+    }
+}
