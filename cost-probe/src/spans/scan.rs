@@ -42,10 +42,10 @@ impl Usage {
     pub fn is_empty(&self) -> bool {
         self.prompt.is_none() && self.completion.is_none()
     }
-    /// Prompt plus completion, when both are known.
+    /// Prompt plus completion, when both are known (saturating: the server chooses the numbers).
     #[must_use]
     pub fn total(&self) -> Option<u64> {
-        self.prompt.zip(self.completion).map(|(p, c)| p + c)
+        self.prompt.zip(self.completion).map(|(p, c)| p.saturating_add(c))
     }
 
     /// Later values win (the last chunk of a stream carries the totals).
@@ -163,6 +163,14 @@ mod tests {
         assert_eq!(usage(br#""prompt_tokens":12"#).prompt, None);
         assert_eq!(model(br#"{"model":"llam"#), None);
         assert_eq!(model(br#"{"model": 3}"#), None);
+    }
+
+    /// Found by the `scanners` fuzz target: counts near `u64::MAX` overflowed the total (a
+    /// panic in debug builds, a wrapped total in release).
+    #[test]
+    fn total_of_huge_counts_saturates() {
+        let b = br#"{"prompt_tokens":18446744073709551615,"completion_tokens":2}"#;
+        assert_eq!(usage(b).total(), Some(u64::MAX));
     }
 
     #[test]
