@@ -1,5 +1,5 @@
-//! `cargo xtask setup|test|demo|bench|deps|check-tree`: everything a fresh machine needs, in one
-//! place.
+//! `cargo xtask setup|test|demo|bench|fuzz|deps|check-tree`: everything a fresh machine needs, in
+//! one place.
 //!
 //! Every command that builds runs `setup` first; setup is idempotent and returns in well under a
 //! second when everything is installed.
@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod deps;
+mod fuzz;
 mod hygiene;
 
 #[derive(Parser)]
@@ -31,8 +32,8 @@ enum Cmd {
         #[arg(long)]
         test_deps: bool,
     },
-    /// Every check CI runs: tracked links, fmt, module cycles, clippy, unit tests, and the
-    /// root/kernel integration tests.
+    /// Every check CI runs: tracked links, fmt, module cycles, clippy, unit tests, a short fuzz
+    /// run, and the root/kernel integration tests.
     Test {
         /// Extra arguments for the integration tests' harness (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -55,6 +56,15 @@ enum Cmd {
         /// headers (JWTs, cookies) instead of a bare GET.
         #[arg(long, default_value_t = 0)]
         header_bytes: usize,
+    },
+    /// Coverage-guided fuzzing (cargo-fuzz on nightly, no sanitizer): each target in `fuzz/`
+    /// (spans, scanners, rules, record) from its committed corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
     },
     /// Prove that no module of cost-probe uses a module that uses it back (top-level modules, and
     /// the children of each).
@@ -84,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             setup(true)?;
             bench::run(&which, secs, rounds, header_bytes)
         }
+        Cmd::Fuzz { secs, targets } => fuzz::run(secs, &targets),
         Cmd::Deps { src } => deps::run(&src),
         Cmd::CheckTree => hygiene::check_tree(&root),
     }
@@ -281,6 +292,7 @@ fn test(filter: &[String]) -> anyhow::Result<()> {
         "warnings",
     ]))?;
     run(cargo().args(["test", "--workspace", "--exclude", "cost-probe-tests"]))?;
+    fuzz::run(15, &[])?;
     // The integration tests drive the release build: at tens of thousands of requests per
     // second on 2 cores a debug consumer falls behind the ring buffer (and says so with `lost`).
     build_release()?;

@@ -45,7 +45,9 @@ impl Usage {
     /// Prompt plus completion, when both are known (saturating: the server chooses the numbers).
     #[must_use]
     pub fn total(&self) -> Option<u64> {
-        self.prompt.zip(self.completion).map(|(p, c)| p.saturating_add(c))
+        self.prompt
+            .zip(self.completion)
+            .map(|(p, c)| p.saturating_add(c))
     }
 
     /// Later values win (the last chunk of a stream carries the totals).
