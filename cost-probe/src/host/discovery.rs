@@ -108,8 +108,11 @@ impl Discovery {
                 comm: fs.comm(pid),
             });
         }
+        // Only a rule that names the process (comm or cmdline) waits for its port: with a
+        // port-only rule every exec on the host would wait, and the periodic scan finds it.
         let waiting = rules.iter().any(|t| {
             t.port.is_some()
+                && (t.comm.is_some() || t.cmdline.is_some())
                 && matches(
                     fs,
                     &TargetRule {
@@ -276,5 +279,39 @@ mod tests {
         let rules = [rule("k", Some("^k"), None)];
         let found = Discovery::default().scan(&fs, &rules, 0);
         assert_eq!(found.iter().map(|f| f.pid).collect::<Vec<_>>(), [60]);
+    }
+
+    /// An exec'd process that a rule names but whose port is not listening yet waits (it is
+    /// re-checked on every pass); a port-only rule never makes a process wait, or every exec on
+    /// the host would.
+    #[test]
+    fn a_starting_server_waits_only_for_a_rule_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_proc(
+            dir.path(),
+            70,
+            1,
+            "python3",
+            "python3 -m vllm.entrypoints.api",
+        );
+        write_proc(dir.path(), 71, 1, "bash", "bash -c true");
+        let fs = ProcFs::new(dir.path());
+        let named = TargetRule {
+            port: Some(8000),
+            ..rule("vllm", None, Some(r"vllm\."))
+        };
+        let port_only = TargetRule {
+            port: Some(8000),
+            ..rule("any", None, None)
+        };
+        let mut d = Discovery::default();
+        assert_eq!(
+            d.check(&fs, std::slice::from_ref(&named), 70, 0),
+            Check::Wait
+        );
+        assert_eq!(d.check(&fs, std::slice::from_ref(&named), 71, 0), Check::No);
+        assert_eq!(d.check(&fs, &[port_only], 71, 0), Check::No);
+        let plain = rule("vllm", None, Some(r"vllm\."));
+        assert!(matches!(d.check(&fs, &[plain], 70, 0), Check::Found(f) if f.pid == 70));
     }
 }

@@ -67,6 +67,8 @@ pub struct Agent<'a> {
 /// pass (10 ms) before the periodic scan takes over: a model server can take a while to load
 /// before it listens.
 const STARTING: Duration = Duration::from_secs(30);
+/// At most this many processes are re-checked on every pass; more wait for the periodic scan.
+const MAX_STARTING: usize = 32;
 
 impl Agent<'_> {
     /// SIGHUP: new rules if they parse (else the old ones stay), and a reopened output file.
@@ -120,7 +122,10 @@ impl Agent<'_> {
                     self.starting.retain(|&(p, _)| p != pid);
                     self.trace(session, f);
                 }
-                Check::Wait if !self.starting.iter().any(|&(p, _)| p == pid) => {
+                Check::Wait
+                    if self.starting.len() < MAX_STARTING
+                        && !self.starting.iter().any(|&(p, _)| p == pid) =>
+                {
                     self.starting.push((pid, now + STARTING));
                 }
                 Check::Wait => {}
