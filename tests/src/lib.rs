@@ -456,3 +456,32 @@ impl Client {
         }
     }
 }
+
+/// A request record's path and status (`"?"` and 0 when it has none).
+#[must_use]
+pub fn path_status(r: &Value) -> (String, u64) {
+    (
+        r["http"]["path"].as_str().unwrap_or("?").to_owned(),
+        r["http"]["status"].as_u64().unwrap_or(0),
+    )
+}
+
+/// The span-quality flags of a record (energy flags such as `estimated_cpu` only say where the
+/// joules came from).
+#[must_use]
+pub fn quality_flags(r: &Value) -> Vec<&str> {
+    const QUALITY: [&str; 5] = [
+        "partial",
+        "truncated",
+        "malformed",
+        "approximate",
+        "no_response",
+    ];
+    r["flags"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a record without flags: {r}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|f| QUALITY.contains(f))
+        .collect()
+}

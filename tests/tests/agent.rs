@@ -439,19 +439,7 @@ fn the_agent_stops_when_its_output_reader_goes_away() {
     stdout.read_line(&mut first).unwrap();
     assert!(first.starts_with('{'), "{first}");
     drop(stdout);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        http_get(server.port, "/fixed?size=1");
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the agent kept running after its reader went away");
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status}");
+    exits_while_traffic_flows(&mut child, server.port, "its reader went away");
 }
 
 /// Regression (#10.3): the same for a `unix:` sink whose reader closed.
@@ -480,15 +468,21 @@ fn the_agent_stops_when_its_unix_socket_reader_closes() {
     assert!(first.starts_with('{'), "{first}");
     drop(reader);
     drop(listener);
+    exits_while_traffic_flows(&mut child, server.port, "its socket's reader closed");
+}
+
+/// Sends requests (each one makes records to write) until the agent exits, within 10 s, and
+/// checks that it exited cleanly.
+fn exits_while_traffic_flows(child: &mut std::process::Child, port: u16, why: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        http_get(server.port, "/fixed?size=1");
+        http_get(port, "/fixed?size=1");
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the agent kept running after its socket's reader closed");
+            panic!("the agent kept running after {why}");
         }
         thread::sleep(Duration::from_millis(50));
     };

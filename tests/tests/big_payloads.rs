@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cost_probe_tests::{Attach, Client, Nginx, Records, Server, require_kernel, workspace};
+use cost_probe_tests::{
+    Attach, Client, Nginx, Records, Server, path_status, quality_flags, require_kernel, workspace,
+};
 use serde_json::Value;
 
 /// A server under test: nginx (ground truth: its access log) or the Python asyncio server
@@ -68,31 +70,6 @@ fn multiset<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
 
 fn no_query(path: &str) -> String {
     path.split('?').next().unwrap().to_owned()
-}
-
-fn path_status(r: &Value) -> (String, u64) {
-    (
-        r["http"]["path"].as_str().unwrap_or("?").to_owned(),
-        r["http"]["status"].as_u64().unwrap_or(0),
-    )
-}
-
-/// The span-quality flags of a record (not the energy-source ones).
-fn quality_flags(r: &Value) -> Vec<&str> {
-    const QUALITY: [&str; 5] = [
-        "partial",
-        "truncated",
-        "malformed",
-        "approximate",
-        "no_response",
-    ];
-    r["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .filter(|f| QUALITY.contains(f))
-        .collect()
 }
 
 /// One line per record, for failure messages.

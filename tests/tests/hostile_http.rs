@@ -9,26 +9,8 @@ use std::{
     time::Duration,
 };
 
-use cost_probe_tests::{Attach, Client, Nginx, Server, require_kernel, workspace};
+use cost_probe_tests::{Attach, Client, Nginx, Server, quality_flags, require_kernel, workspace};
 use serde_json::Value;
-
-/// The span-quality flags of a record (energy flags only say where the joules came from).
-fn quality_flags(r: &Value) -> Vec<&str> {
-    const QUALITY: [&str; 5] = [
-        "partial",
-        "truncated",
-        "malformed",
-        "approximate",
-        "no_response",
-    ];
-    r["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .filter(|f| QUALITY.contains(f))
-        .collect()
-}
 
 /// (path, status, quality flags) of a request record; status 0 when it has none.
 fn seen(r: &Value) -> (String, u64, Vec<String>) {

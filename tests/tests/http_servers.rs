@@ -8,34 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cost_probe_tests::{Attach, Client, Nginx, Server, require_kernel};
+use cost_probe_tests::{Attach, Client, Nginx, Server, path_status, quality_flags, require_kernel};
 use serde_json::Value;
-
-fn path_status(r: &Value) -> (String, u64) {
-    (
-        r["http"]["path"].as_str().unwrap_or("?").to_owned(),
-        r["http"]["status"].as_u64().unwrap_or(0),
-    )
-}
-
-/// The span-quality flags of a record (energy flags such as `estimated_cpu` only say where the
-/// joules came from).
-fn quality_flags(r: &Value) -> Vec<&str> {
-    const QUALITY: [&str; 5] = [
-        "partial",
-        "truncated",
-        "malformed",
-        "approximate",
-        "no_response",
-    ];
-    r["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .filter(|f| QUALITY.contains(f))
-        .collect()
-}
 
 fn multiset<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
     let mut m = BTreeMap::new();
