@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn absolute_targets_leave() {
-        assert!(leaves(".venv-llama", "/work/venv-llama"));
+        assert!(leaves(".venv-llama", "/opt/elsewhere/venv-llama"));
         assert!(leaves("a/b/link", "/"));
     }
 
@@ -131,7 +131,7 @@ mod tests {
             .args(["init", "-q"])
             .output());
         fs::create_dir(dir.join("sub")).unwrap();
-        symlink("/work/venv-llama", dir.join(".venv-llama")).unwrap();
+        symlink("/opt/elsewhere/venv-llama", dir.join(".venv-llama")).unwrap();
         symlink("../../elsewhere", dir.join("sub/up")).unwrap();
         symlink("../sub", dir.join("sub/inside")).unwrap();
         ok(Command::new("git")
@@ -146,7 +146,9 @@ mod tests {
         let err = check_tree(dir).unwrap_err().to_string();
         let lines: Vec<_> = err.lines().collect();
         assert_eq!(lines.len(), 2, "{err}");
-        assert!(lines[0].starts_with(".venv-llama is a symbolic link to /work/venv-llama,"));
+        assert!(
+            lines[0].starts_with(".venv-llama is a symbolic link to /opt/elsewhere/venv-llama,")
+        );
         assert!(lines[1].starts_with("sub/up is a symbolic link to ../../elsewhere,"));
     }
 }
