@@ -4,14 +4,17 @@
 use rustc_hash::FxHashMap as HashMap;
 
 use super::idle::IdleLearner;
+use super::share::{Item, Phase, Sharer, exact_split};
+use super::work::{self, PrefillRates, SpanFacts, SplitMethod, WorkHints};
 use super::{
     CapacitySplit, DomainId, DomainInterval, EnergyKind, IdleMode, IdlePower, IdleSource,
     IntervalSplit, LedgerConfig, RequestEnergy, SplitMode,
 };
 use crate::units::{MicroJoules, Nanos};
 
-/// Fixed-point scale of the processor-sharing integral (per-capita device-time).
-const PS_SHIFT: u32 = 32;
+/// How long an interval's split may wait for the requests in it to end (a request queued or
+/// computing for longer is split from what is known then, and flagged `split_estimated`).
+pub const MAX_HOLD: Nanos = Nanos(120_000_000_000);
 
 #[derive(Clone, Debug)]
 struct Span {
@@ -19,7 +22,38 @@ struct Span {
     start: Nanos,
     end: Option<Nanos>,
     tokens: Option<u64>,
+    first_chunk: Option<Nanos>,
+    /// Nothing else of the target was in flight when it arrived.
+    alone: bool,
+    hints: Option<WorkHints>,
+    /// Intervals it is in whose split is not final yet.
+    pending: u32,
     acc: RequestEnergy,
+}
+
+impl Span {
+    fn facts(&self) -> SpanFacts {
+        SpanFacts {
+            start: self.start,
+            end: self.end,
+            first_chunk: self.first_chunk,
+            hints: self.hints,
+        }
+    }
+}
+
+/// One interval of one domain whose energy for requests is known but not yet given out: some
+/// request in it had not shown yet how much of its time was queue.
+#[derive(Clone, Debug)]
+struct Pending {
+    class: EnergyKind,
+    start: Nanos,
+    end: Nanos,
+    /// Energy for the members (µJ), given out exactly at settlement.
+    energy: u64,
+    /// Device-time for the members (device-ns).
+    capacity: u64,
+    members: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -27,7 +61,7 @@ struct DomainState {
     id: DomainId,
     watermark: Nanos,
     learner: IdleLearner,
-    pinned_idle_uw: Option<u64>,
+    pinned_idle: Option<(u64, IdleSource)>,
 }
 
 /// Running totals over every interval seen, for conservation checks across the whole run.
@@ -53,22 +87,6 @@ pub struct LedgerCounters {
     pub late_starts: u64,
 }
 
-/// Shifts weights right until their sum fits in 64 bits, so `amount × w` (amount < 2^64) cannot
-/// overflow u128; returns the new sum. Shifting keeps every part a floor of a fraction ≤ 1 of the
-/// amount, so conservation is unaffected; only a request's share of a huge total loses low bits.
-fn normalize(weights: &mut [u128]) -> u128 {
-    let mut total = weights.iter().fold(0u128, |a, &w| a.saturating_add(w));
-    if total > u128::from(u64::MAX) {
-        let shift = 128 - total.leading_zeros() - 64;
-        total = 0;
-        for w in weights.iter_mut() {
-            *w >>= shift;
-            total += *w;
-        }
-    }
-    total
-}
-
 /// Streaming attribution: span events and domain intervals in, per-request energy out.
 #[derive(Debug)]
 pub struct Ledger {
@@ -80,14 +98,20 @@ pub struct Ledger {
     domains: Vec<DomainState>,
     token_sum: u128,
     token_count: u64,
+    rates: PrefillRates,
+    pending: Vec<Pending>,
     counters: LedgerCounters,
     audit: Audit,
     // Scratch reused by every interval so the steady state does not allocate.
     active: Vec<usize>,
+    items: Vec<Item>,
+    sharer: Sharer,
     weights: Vec<u128>,
-    sweep: Vec<(u64, bool, u32)>,
-    ps_start: Vec<u128>,
-    ps_share: Vec<u128>,
+    prefill_w: Vec<u128>,
+    phase_w: Vec<u128>,
+    cap_w: Vec<u128>,
+    parts: Vec<u64>,
+    spare: Vec<Vec<u64>>,
     ready: Vec<(u64, RequestEnergy)>,
 }
 
@@ -102,13 +126,19 @@ impl Ledger {
             domains: Vec::new(),
             token_sum: 0,
             token_count: 0,
+            rates: PrefillRates::default(),
+            pending: Vec::new(),
             counters: LedgerCounters::default(),
             audit: Audit::default(),
             active: Vec::new(),
+            items: Vec::new(),
+            sharer: Sharer::default(),
             weights: Vec::new(),
-            sweep: Vec::new(),
-            ps_start: Vec::new(),
-            ps_share: Vec::new(),
+            prefill_w: Vec::new(),
+            phase_w: Vec::new(),
+            cap_w: Vec::new(),
+            parts: Vec::new(),
+            spare: Vec::new(),
             ready: Vec::new(),
         }
     }
@@ -140,11 +170,21 @@ impl Ledger {
         self.spans.len()
     }
 
-    /// Pins a domain's idle power (rules `[gpu.X] idle_watts`, or the CPU power model's idle);
-    /// it then wins over `[attribution] idle_power`.
+    /// Pins a domain's idle power from rules (`[gpu.X] idle_watts`); it then wins over
+    /// `[attribution] idle_power`.
     pub fn set_domain_idle_watts(&mut self, domain: DomainId, watts: f64) {
+        self.pin_idle(domain, watts, IdleSource::Pinned);
+    }
+
+    /// Pins a modelled domain's idle power to the model's own: the model's idle is known exactly
+    /// from the first interval, nothing to learn.
+    pub fn set_domain_model_idle_watts(&mut self, domain: DomainId, watts: f64) {
+        self.pin_idle(domain, watts, IdleSource::Model);
+    }
+
+    fn pin_idle(&mut self, domain: DomainId, watts: f64, source: IdleSource) {
         let uw = (watts.max(0.0) * 1e6).round() as u64;
-        self.domain_mut(domain).pinned_idle_uw = Some(uw);
+        self.domain_mut(domain).pinned_idle = Some((uw, source));
     }
 
     /// The idle power a domain would use now, in microwatts.
@@ -154,8 +194,8 @@ impl Ledger {
             IdlePower::Learned => None,
         };
         let d = self.domain_mut(domain);
-        if let Some(p) = d.pinned_idle_uw {
-            (p, IdleSource::Pinned)
+        if let Some(p) = d.pinned_idle {
+            p
         } else if let Some(p) = fixed {
             (p, IdleSource::Fixed)
         } else if let Some(p) = d.learner.estimate() {
@@ -184,13 +224,42 @@ impl Ledger {
             start,
             end: None,
             tokens: None,
+            first_chunk: None,
+            alone: self.open == 0,
+            hints: None,
+            pending: 0,
             acc,
         });
         self.open += 1;
     }
 
-    /// Ends a span; an end before the start is taken as the start (a zero-length request).
+    /// A streamed response of the span wrote body chunks at `at`: its first one ends the
+    /// request's queue and prefill.
+    pub fn span_progress(&mut self, id: u64, at: Nanos) {
+        if let Some(&slot) = self.index.get(&id) {
+            let span = &mut self.spans[slot];
+            if span.first_chunk.is_none() && span.end.is_none() {
+                span.first_chunk = Some(at.max(span.start));
+            }
+        }
+    }
+
+    /// Ends a span knowing only its tokens (see [`Self::span_finished`]).
     pub fn span_ended(&mut self, id: u64, end: Nanos, tokens: Option<u64>) {
+        self.span_finished(
+            id,
+            end,
+            WorkHints {
+                tokens,
+                ..WorkHints::default()
+            },
+        );
+    }
+
+    /// Ends a span with what its response told of the server's work; an end before the start is
+    /// taken as the start (a zero-length request).
+    pub fn span_finished(&mut self, id: u64, end: Nanos, hints: WorkHints) {
+        let tokens = hints.tokens;
         let Some(&slot) = self.index.get(&id) else {
             self.counters.unknown_ends += 1;
             return;
@@ -202,6 +271,8 @@ impl Ledger {
         }
         span.end = Some(end.max(span.start));
         span.tokens = tokens;
+        span.hints = Some(hints);
+        self.rates.learn(&span.facts(), span.alone);
         self.open -= 1;
         if let Some(t) = tokens {
             self.token_sum += u128::from(t);
@@ -239,7 +310,7 @@ impl Ledger {
                 id,
                 watermark: Nanos::ZERO,
                 learner: IdleLearner::new(self.cfg.idle_window, self.cfg.idle_percentile),
-                pinned_idle_uw: None,
+                pinned_idle: None,
             });
             self.domains.len() - 1
         };
@@ -286,15 +357,28 @@ impl Ledger {
             IdleMode::Explicit => dynamic,
             IdleMode::Amortize => target,
         };
-        let given = if n_active == 0 {
+        // Device-time: the target's share of the devices, for as long as a request was open;
+        // the rest of the target's part is idle capacity, the rest of the device `other`.
+        let cap_total = u64::from(iv.devices).saturating_mul(dt);
+        let cap_target = iv.target_share.apply(cap_total);
+        let mut capacity = CapacitySplit {
+            total: cap_total,
+            attributed: 0,
+            idle: cap_target,
+            other: cap_total - cap_target,
+        };
+        let given = if n_active == 0 || dt == 0 {
             0
         } else {
-            self.split_energy(iv, to_split)
+            let busy = self.open_time(iv);
+            let cap = (u128::from(cap_target) * u128::from(busy) / u128::from(dt)) as u64;
+            capacity.attributed = cap;
+            capacity.idle = cap_target - cap;
+            self.hold(iv, to_split, cap);
+            to_split
         };
-        // `given ≤ to_split ≤ target` by floor division, so these cannot underflow.
+        // `given ≤ to_split ≤ target`, so this cannot underflow.
         let idle = target - given;
-
-        let capacity = self.split_capacity(iv, dt);
 
         let d = self.domain_mut(iv.domain);
         d.watermark = d.watermark.max(iv.end);
@@ -327,128 +411,181 @@ impl Ledger {
         rec
     }
 
-    /// Fills `active` with the slots of spans overlapping the interval, and `weights` with their
-    /// split weights.
+    /// Holds the interval's energy for its active spans until their work is known.
+    fn hold(&mut self, iv: &DomainInterval, energy: u64, capacity: u64) {
+        let mut members = self.spare.pop().unwrap_or_default();
+        members.clear();
+        for &slot in &self.active {
+            let span = &mut self.spans[slot];
+            span.pending += 1;
+            members.push(span.id);
+            match iv.class {
+                EnergyKind::Cpu if iv.estimated => span.acc.flags.estimated_cpu = true,
+                EnergyKind::Gpu if iv.integrated => span.acc.flags.integrated_gpu = true,
+                _ => {}
+            }
+        }
+        self.pending.push(Pending {
+            class: iv.class,
+            start: iv.start,
+            end: iv.end,
+            energy,
+            capacity,
+            members,
+        });
+    }
+
+    /// Fills `active` with the slots of spans open during the interval.
     fn collect_active(&mut self, iv: &DomainInterval) {
         self.active.clear();
-        self.weights.clear();
         for (slot, span) in self.spans.iter().enumerate() {
             let s = span.start.max(iv.start);
             let e = span.end.unwrap_or(iv.end).min(iv.end);
-            if e <= s {
-                continue;
+            if e > s {
+                self.active.push(slot);
             }
-            let overlap = u128::from((e - s).0);
-            let w = match self.cfg.split {
-                SplitMode::Time => overlap,
-                SplitMode::Tokens => overlap * self.token_weight(span).0,
-            };
-            self.active.push(slot);
-            self.weights.push(w);
         }
     }
 
-    /// Gives each active span `⌊amount × w / Σw⌋`; returns the total given.
-    fn split_energy(&mut self, iv: &DomainInterval, amount: u64) -> u64 {
-        let total_w = normalize(&mut self.weights);
-        let tokens_mode = self.cfg.split == SplitMode::Tokens;
-        let mut given = 0u64;
-        for k in 0..self.active.len() {
-            let slot = self.active[k];
-            let part = (u128::from(amount) * self.weights[k])
-                .checked_div(total_w)
-                .unwrap_or(0) as u64;
-            let estimated_tokens = tokens_mode && self.token_weight(&self.spans[slot]).1;
-            let acc = &mut self.spans[slot].acc;
-            *acc.energy.get_mut(iv.class) += MicroJoules(part);
-            given += part;
-            match iv.class {
-                EnergyKind::Cpu if iv.estimated => acc.flags.estimated_cpu = true,
-                EnergyKind::Gpu if iv.integrated => acc.flags.integrated_gpu = true,
-                _ => {}
-            }
-            acc.flags.token_weight_estimated |= estimated_tokens;
-        }
-        given
-    }
-
-    /// Processor sharing on the target's device-time (see module docs).
-    fn split_capacity(&mut self, iv: &DomainInterval, dt: u64) -> CapacitySplit {
-        let total = u64::from(iv.devices).saturating_mul(dt);
-        let target = iv.target_share.apply(total);
-        let other = total - target;
-        if self.active.is_empty() || dt == 0 {
-            return CapacitySplit {
-                total,
-                attributed: 0,
-                idle: target,
-                other,
-            };
-        }
-        // Only boundaries inside the interval need sorting: spans already running at its start
-        // are live from the outset, and spans still running at its end close with the final
-        // segment. With long requests that leaves a handful of events per interval.
+    /// Fills `weights` (time worked) and `prefill_w` (of which prefill) per member from `items`
+    /// clipped to the interval; false when no member worked in it.
+    fn clipped_lengths(&mut self, p: &Pending) -> bool {
         let n = self.active.len();
-        self.sweep.clear();
-        self.ps_start.clear();
-        self.ps_start.resize(n, 0);
-        self.ps_share.clear();
-        self.ps_share.resize(n, u128::MAX);
-        let mut live = 0u64;
+        self.weights.clear();
+        self.weights.resize(n, 0);
+        self.prefill_w.clear();
+        self.prefill_w.resize(n, 0);
+        let mut any = false;
+        for it in &self.items {
+            let len = it.end.min(p.end.0).saturating_sub(it.start.max(p.start.0));
+            self.weights[it.member as usize] += u128::from(len);
+            if it.phase == Phase::Prefill {
+                self.prefill_w[it.member as usize] += u128::from(len);
+            }
+            any |= len > 0;
+        }
+        any
+    }
+
+    /// Time within the interval during which at least one active span was open.
+    fn open_time(&mut self, iv: &DomainInterval) -> u64 {
+        self.items.clear();
         for (k, &slot) in self.active.iter().enumerate() {
             let span = &self.spans[slot];
-            let s = span.start.max(iv.start);
-            let e = span.end.unwrap_or(iv.end).min(iv.end);
-            if s > iv.start {
-                self.sweep.push((s.0, true, k as u32));
+            self.items.push(Item {
+                member: k as u32,
+                phase: Phase::Decode,
+                start: span.start.0,
+                end: span.end.map_or(u64::MAX, |e| e.0),
+            });
+        }
+        self.sharer.run(&self.items, iv.start.0, iv.end.0)
+    }
+
+    /// Settles every pending interval whose members' work is known (or, with `force`, all of
+    /// them, from what is known now).
+    fn settle(&mut self, force: bool) {
+        let horizon = self
+            .domains
+            .iter()
+            .map(|d| d.watermark)
+            .max()
+            .unwrap_or(Nanos::ZERO);
+        let mut k = 0;
+        while k < self.pending.len() {
+            let p = &self.pending[k];
+            let stale = horizon.0.saturating_sub(p.end.0) >= MAX_HOLD.0;
+            let ready = p.members.iter().all(|id| {
+                self.index
+                    .get(id)
+                    .is_none_or(|&slot| work::settled_from(&self.spans[slot].facts(), p.start))
+            });
+            if ready || stale || force {
+                let p = self.pending.swap_remove(k);
+                // At shutdown a request still open is flagged `unfinished` already.
+                self.settle_one(&p, stale && !ready);
+                self.spare.push(p.members);
             } else {
-                live += 1;
-            }
-            if e < iv.end {
-                self.sweep.push((e.0, false, k as u32));
+                k += 1;
             }
         }
-        // Ends sort before starts at the same instant (false < true): a zero-length gap.
-        self.sweep.sort_unstable();
-        let (mut integral, mut prev, mut busy) = (0u128, iv.start.0, 0u64);
-        for &(t, is_start, k) in self.sweep.iter().chain([&(iv.end.0, false, u32::MAX)]) {
-            if live > 0 && t > prev {
-                let len = t - prev;
-                busy += len;
-                integral += (u128::from(len) << PS_SHIFT) / u128::from(live);
-            }
-            prev = t;
-            if k == u32::MAX {
-                break;
-            }
-            if is_start {
-                live += 1;
-                self.ps_start[k as usize] = integral;
-            } else {
-                live -= 1;
-                self.ps_share[k as usize] = integral - self.ps_start[k as usize];
+    }
+
+    /// Gives one interval's energy and device-time to its members by processor sharing over
+    /// their work windows: a member queued for the whole interval gets nothing from it.
+    fn settle_one(&mut self, p: &Pending, early: bool) {
+        self.active.clear();
+        self.items.clear();
+        for id in &p.members {
+            let Some(&slot) = self.index.get(id) else {
+                continue;
+            };
+            let span = &mut self.spans[slot];
+            span.pending -= 1;
+            span.acc.flags.split_estimated |= early;
+            let w = work::windows(&span.facts(), &self.rates);
+            let member = self.active.len() as u32;
+            self.active.push(slot);
+            for (phase, win) in [(Phase::Prefill, w.prefill), (Phase::Decode, w.decode)] {
+                if !win.is_empty() {
+                    self.items.push(Item {
+                        member,
+                        phase,
+                        start: win.start.0,
+                        end: win.end.0,
+                    });
+                }
             }
         }
-        for (share, start) in self.ps_share.iter_mut().zip(&self.ps_start) {
-            if *share == u128::MAX {
-                *share = integral - start;
+        if !self.clipped_lengths(p) {
+            // No member was working (the windows are estimates): by the time they were open.
+            self.items.clear();
+            for (k, &slot) in self.active.iter().enumerate() {
+                let span = &self.spans[slot];
+                self.items.push(Item {
+                    member: k as u32,
+                    phase: Phase::Decode,
+                    start: span.start.0,
+                    end: span.end.map_or(u64::MAX, |e| e.0),
+                });
             }
+            self.clipped_lengths(p);
         }
-        let busy_cap = u128::from(target) * u128::from(busy) / u128::from(dt);
-        let total_share = normalize(&mut self.ps_share);
-        let mut given = 0u64;
+        // Device-time by processor sharing: at each instant the device is shared by the
+        // requests being worked on.
+        self.sharer.run(&self.items, p.start.0, p.end.0);
+        let mut cap_w = std::mem::take(&mut self.cap_w);
+        cap_w.clear();
+        cap_w.resize(self.active.len(), 0);
+        for (it, &share) in self.items.iter().zip(&self.sharer.shares) {
+            cap_w[it.member as usize] += share;
+        }
+        exact_split(p.capacity, &mut cap_w, &mut self.parts);
+        self.cap_w = cap_w;
         for (k, &slot) in self.active.iter().enumerate() {
-            let part = (busy_cap * self.ps_share[k])
-                .checked_div(total_share)
-                .unwrap_or(0) as u64;
-            *self.spans[slot].acc.device_ns.get_mut(iv.class) += part;
-            given += part;
+            *self.spans[slot].acc.device_ns.get_mut(p.class) += self.parts[k];
         }
-        CapacitySplit {
-            total,
-            attributed: given,
-            idle: target - given,
-            other,
+        // Energy by time worked: each request working adds its own load (the same rule as the
+        // overlap method, restricted to the work windows).
+        self.phase_w.clear();
+        self.phase_w.extend_from_slice(&self.weights);
+        if self.cfg.split == SplitMode::Tokens {
+            for (k, &slot) in self.active.iter().enumerate() {
+                let (t, estimated) = self.token_weight(&self.spans[slot]);
+                self.weights[k] = self.weights[k].saturating_mul(t);
+                self.spans[slot].acc.flags.token_weight_estimated |= estimated;
+            }
+        }
+        exact_split(p.energy, &mut self.weights, &mut self.parts);
+        for (k, &slot) in self.active.iter().enumerate() {
+            let part = self.parts[k];
+            let prefill = (u128::from(part) * self.prefill_w[k])
+                .checked_div(self.phase_w[k])
+                .unwrap_or(0) as u64;
+            let acc = &mut self.spans[slot].acc;
+            *acc.energy.get_mut(p.class) += MicroJoules(part);
+            acc.phases.prefill += MicroJoules(prefill);
+            acc.phases.decode += MicroJoules(part - prefill);
         }
     }
 
@@ -458,8 +595,9 @@ impl Ledger {
 
     /// Finished requests whose end every domain's intervals have passed; removed from the ledger.
     pub fn drain_ready(&mut self) -> impl Iterator<Item = (u64, RequestEnergy)> + '_ {
+        self.settle(false);
         if let Some(wm) = self.min_watermark() {
-            self.take_where(|s| s.end.is_some_and(|e| e <= wm));
+            self.take_where(|s| s.pending == 0 && s.end.is_some_and(|e| e <= wm));
         }
         self.ready.drain(..)
     }
@@ -467,6 +605,7 @@ impl Ledger {
     /// Every request still held (shutdown). Requests whose intervals were not all seen are flagged
     /// `partial_energy`; spans never ended also `unfinished`.
     pub fn drain_all(&mut self) -> impl Iterator<Item = (u64, RequestEnergy)> + '_ {
+        self.settle(true);
         let wm = self.min_watermark();
         for s in &mut self.spans {
             let covered = matches!((s.end, wm), (Some(e), Some(w)) if e <= w);
@@ -491,7 +630,14 @@ impl Ledger {
                 if let Some(moved) = self.spans.get(slot) {
                     self.index.insert(moved.id, slot);
                 }
-                self.ready.push((span.id, span.acc));
+                let mut acc = span.acc;
+                let w = work::windows(&span.facts(), &self.rates);
+                acc.phases.method = w.method;
+                if w.method != SplitMethod::Overlap {
+                    acc.phases.queue = Some(w.work_start().saturating_sub(span.start));
+                    acc.phases.prefill_time = Some(Nanos(w.prefill.len()));
+                }
+                self.ready.push((span.id, acc));
             } else {
                 slot += 1;
             }

@@ -40,11 +40,16 @@
 mod idle;
 mod ledger;
 #[cfg(test)]
+mod queue_tests;
+mod share;
+#[cfg(test)]
 mod tests;
+mod work;
 
 use serde::Serialize;
 
-pub use self::ledger::{Audit, Ledger, LedgerCounters};
+pub use self::ledger::{Audit, Ledger, LedgerCounters, MAX_HOLD};
+pub use self::work::{ServerWork, SplitMethod, WorkHints};
 use crate::units::{MicroJoules, Nanos};
 
 /// Fewest idle-interval samples before a learned idle power is trusted.
@@ -169,7 +174,10 @@ pub enum IdlePower {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdleSource {
+    /// Rules (`[gpu.X] idle_watts`).
     Pinned,
+    /// The power model's own idle (a modelled domain).
+    Model,
     Fixed,
     Learned,
     /// Nothing known yet: all target energy counted dynamic.
@@ -249,6 +257,8 @@ pub struct RequestFlags {
     pub evicted: bool,
     /// Token split used an estimated token count for this request.
     pub token_weight_estimated: bool,
+    /// Some interval was split before the request's queue time was known (held too long).
+    pub split_estimated: bool,
 }
 
 impl RequestFlags {
@@ -267,10 +277,24 @@ impl RequestFlags {
             (self.unfinished, "unfinished"),
             (self.evicted, "evicted"),
             (self.token_weight_estimated, "token_weight_estimated"),
+            (self.split_estimated, "split_estimated"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
     }
+}
+
+/// Where a request's time and energy went: queue, prefill, decode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phases {
+    pub method: SplitMethod,
+    /// Waiting in the server's queue (not with [`SplitMethod::Overlap`]: unknown there).
+    pub queue: Option<Nanos>,
+    /// Prefill time (not with [`SplitMethod::Overlap`]).
+    pub prefill_time: Option<Nanos>,
+    /// Energy while prefilling, all classes; `prefill + decode` is the request's total.
+    pub prefill: MicroJoules,
+    pub decode: MicroJoules,
 }
 
 /// What one finished request consumed.
@@ -279,6 +303,7 @@ pub struct RequestEnergy {
     pub energy: PerClass<MicroJoules>,
     /// Device-nanoseconds (GPU-ns, core-ns, DRAM-zone-ns).
     pub device_ns: PerClass<u64>,
+    pub phases: Phases,
     pub flags: RequestFlags,
 }
 

@@ -11,7 +11,15 @@
 use std::{io::Write as _, net::SocketAddr};
 
 use super::records::{Body as _, Kind, RequestRecord, VERSION};
-use crate::spans::Protocol;
+use crate::{attribution::SplitMethod, spans::Protocol};
+
+fn method_name(m: SplitMethod) -> &'static str {
+    match m {
+        SplitMethod::Timings => "\"timings\"",
+        SplitMethod::Stream => "\"stream\"",
+        SplitMethod::Overlap => "\"overlap\"",
+    }
+}
 
 #[inline]
 fn lit(out: &mut Vec<u8>, s: &'static str) {
@@ -217,6 +225,15 @@ impl RequestRecord<'_> {
             );
             out.push(b'}');
         }
+        if let Some(a) = &self.attribution {
+            lit(out, ",\"attribution\":{\"method\":");
+            lit(out, method_name(a.method));
+            opt_float(out, ",\"queue_ms\":", a.queue_ms);
+            opt_float(out, ",\"prefill_ms\":", a.prefill_ms);
+            opt_float(out, ",\"prefill_j\":", a.prefill_j);
+            opt_float(out, ",\"decode_j\":", a.decode_j);
+            out.push(b'}');
+        }
         if let Some(c) = &self.cost_usd {
             floats(
                 out,
@@ -268,7 +285,7 @@ mod tests {
         attribution::EnergyJoules,
         output::{
             SecondCache, WallClock,
-            records::{Bytes, Conn, Envelope, FlagList, Http, Tokens},
+            records::{Attribution, Bytes, Conn, Envelope, FlagList, Http, Tokens},
         },
         pricing::CostUsd,
     };
@@ -357,6 +374,7 @@ mod tests {
     #[derive(Debug)]
     struct Price {
         energy: Option<[f64; 4]>,
+        attribution: Option<(u8, [Option<f64>; 4])>,
         cost: Option<[f64; 3]>,
         co2: Option<f64>,
         per_1k: Option<f64>,
@@ -367,13 +385,16 @@ mod tests {
     prop_compose! {
         fn price()(
             energy in proptest::option::of(proptest::array::uniform4(float_strategy())),
+            attribution in proptest::option::of(
+                (0u8..3, proptest::array::uniform4(proptest::option::of(float_strategy())))
+            ),
             cost in proptest::option::of(proptest::array::uniform3(float_strategy())),
             co2 in proptest::option::of(float_strategy()),
             per_1k in proptest::option::of(float_strategy()),
             tags in proptest::collection::btree_map(text(), text(), 0..4),
             nflags in 0usize..4,
         ) -> Price {
-            Price { energy, cost, co2, per_1k, tags, nflags }
+            Price { energy, attribution, cost, co2, per_1k, tags, nflags }
         }
     }
 
@@ -399,6 +420,13 @@ mod tests {
                 model: b.model.as_deref(),
                 tokens: b.tokens.map(|(prompt, completion)| Tokens { prompt, completion }),
                 energy_j: p.energy.map(|[gpu, cpu, dram, total]| EnergyJoules { gpu, cpu, dram, total }),
+                attribution: p.attribution.map(|(m, [q, pm, pj, dj])| Attribution {
+                    method: [SplitMethod::Timings, SplitMethod::Stream, SplitMethod::Overlap][usize::from(m)],
+                    queue_ms: q,
+                    prefill_ms: pm,
+                    prefill_j: pj,
+                    decode_j: dj,
+                }),
                 cost_usd: p.cost.map(|[energy, capacity, total]| CostUsd { energy, capacity, total }),
                 co2_g: p.co2,
                 usd_per_1k_tokens: p.per_1k,

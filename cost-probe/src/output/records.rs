@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{Stamp, WallClock};
 use crate::{
     alerts::Alert,
-    attribution::{IdleSource, IntervalReport, RequestEnergy},
+    attribution::{IdleSource, IntervalReport, Phases, RequestEnergy, SplitMethod},
     pricing::RequestCost,
     spans::{Protocol, RequestSpan},
 };
@@ -103,6 +103,36 @@ pub struct Tokens {
     pub completion: Option<u64>,
 }
 
+/// How a request's energy was taken from each interval's, and where its time went: waiting in
+/// the server's queue, prefill, decode. Times and phase energies only where the traffic showed
+/// them (not with the `overlap` method).
+#[derive(Serialize, Debug, Clone, Copy, PartialEq)]
+pub struct Attribution {
+    pub method: SplitMethod,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_j: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_j: Option<f64>,
+}
+
+impl Attribution {
+    #[must_use]
+    pub fn of(p: &Phases) -> Self {
+        let phased = p.method != SplitMethod::Overlap;
+        Self {
+            method: p.method,
+            queue_ms: p.queue.map(|t| t.0 as f64 / 1e6),
+            prefill_ms: p.prefill_time.map(|t| t.0 as f64 / 1e6),
+            prefill_j: phased.then(|| p.prefill.joules()),
+            decode_j: phased.then(|| p.decode.joules()),
+        }
+    }
+}
+
 /// A `request` record.
 #[derive(Serialize, Debug)]
 pub struct RequestRecord<'a> {
@@ -129,6 +159,8 @@ pub struct RequestRecord<'a> {
     pub tokens: Option<Tokens>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub energy_j: Option<crate::attribution::EnergyJoules>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<Attribution>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<crate::pricing::CostUsd>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,6 +256,7 @@ impl<'a> RequestRecord<'a> {
             model: span.model.as_deref(),
             tokens,
             energy_j: None,
+            attribution: None,
             cost_usd: None,
             co2_g: None,
             usd_per_1k_tokens: None,
@@ -245,6 +278,7 @@ impl<'a> RequestRecord<'a> {
         tags: &'a BTreeMap<String, String>,
     ) -> Self {
         self.energy_j = Some(energy.energy_j());
+        self.attribution = Some(Attribution::of(&energy.phases));
         self.cost_usd = Some(cost.cost_usd);
         self.co2_g = Some(cost.co2_g);
         self.usd_per_1k_tokens = cost.usd_per_1k_tokens;

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::{
     attribution::{
         DomainId, DomainInterval, DomainSplit, EnergyKind, IntervalReport, Ledger, RequestEnergy,
-        Share,
+        Share, WorkHints,
     },
     energy::{
         DomainClass, Roots,
@@ -51,6 +51,8 @@ pub struct Meter {
     silent: Vec<bool>,
     prev_cpu: Option<CpuSample>,
     ledger: Ledger,
+    /// The CPU power model's idle watts per CPU (rules `[cpu] idle_watts_per_core`).
+    model_idle_per_cpu: f64,
     held: HashMap<u64, RequestSpan>,
     targets: Vec<u32>,
     targets_dirty: bool,
@@ -120,6 +122,7 @@ impl Meter {
             silent: vec![false; n],
             prev_cpu: None,
             ledger,
+            model_idle_per_cpu: rules.cpu.idle_watts_per_core,
             held: HashMap::default(),
             targets: Vec::new(),
             targets_dirty: false,
@@ -146,9 +149,19 @@ impl Meter {
         self.ledger.span_started(id, Nanos(start));
     }
 
+    /// A streamed response wrote body chunks: the request is being computed, not queued.
+    pub fn progress(&mut self, id: u64, at: u64) {
+        self.ledger.span_progress(id, Nanos(at));
+    }
+
     pub fn finished(&mut self, span: RequestSpan) {
-        let tokens = span.usage.total();
-        self.ledger.span_ended(span.id, Nanos(span.end), tokens);
+        let hints = WorkHints {
+            tokens: span.usage.total(),
+            prompt_tokens: span.usage.prompt,
+            bytes_in: span.bytes_in,
+            server: None,
+        };
+        self.ledger.span_finished(span.id, Nanos(span.end), hints);
         self.held.insert(span.id, span);
     }
 
@@ -209,6 +222,14 @@ impl Meter {
                 EnergyKind::Gpu => gpu_share(&self.snap, r.domain),
                 EnergyKind::Cpu | EnergyKind::Dram => cpu_share,
             };
+            if d.class == DomainClass::CpuModel
+                && let Some(c) = self.snap.cpu
+            {
+                // The model's idle is known from the first interval: nothing to learn.
+                let watts = self.model_idle_per_cpu * f64::from(c.host.cpus.max(1));
+                self.ledger
+                    .set_domain_model_idle_watts(DomainId(u32::from(r.domain.0)), watts);
+            }
             let iv = DomainInterval {
                 domain: DomainId(u32::from(r.domain.0)),
                 class,
