@@ -65,6 +65,7 @@ fn stream(seconds: u64, concurrency: u64, max_ms: u64) -> (Vec<Event>, u64) {
                     estimated: false,
                     integrated: false,
                     unmeasured: false,
+                    device_idle: false,
                     devices,
                 }),
             ));

@@ -82,6 +82,7 @@ fn run(events: &[OwnedEvent]) -> usize {
                     estimated: false,
                     integrated: false,
                     unmeasured: false,
+                    device_idle: false,
                     devices: 1,
                 });
             }

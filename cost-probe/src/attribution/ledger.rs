@@ -341,7 +341,7 @@ impl Ledger {
             }
         }
 
-        if n_active == 0 && dt > 0 && !iv.unmeasured {
+        if (n_active == 0 || iv.device_idle) && dt > 0 && !iv.unmeasured {
             let uw = u128::from(measured) * 1_000_000_000 / u128::from(dt);
             let uw = u64::try_from(uw).unwrap_or(u64::MAX);
             self.domain_mut(iv.domain).learner.observe(uw);

@@ -1,40 +1,53 @@
 //! Joules and device-seconds per request, from per-domain energy intervals and request spans.
 //!
-//! Pure: values in, values out, no I/O and no clocks. The integrator feeds span events and energy
-//! intervals in time order (span events stamped before an interval's end should reach the
-//! [`Ledger`] before that interval does); the ledger answers each interval with an
-//! [`IntervalSplit`] and hands finished requests back through [`Ledger::drain_ready`].
+//! Pure: values in, values out, no I/O and no clocks. The integrator feeds span events (start,
+//! stream progress, end with what the response said of the server's work) and energy intervals
+//! in time order (span events stamped before an interval's end should reach the [`Ledger`]
+//! before that interval does); the ledger answers each interval with an [`IntervalSplit`] at
+//! once and hands finished requests back through [`Ledger::drain_ready`].
 //!
 //! # Method (DESIGN.md "Attribution", with the changes noted)
 //! For each interval of domain d:
 //! 1. `target = measured × share` (exact rational, floor), `other = measured − target`.
-//! 2. Idle power `P_idle(d)` is, in order of precedence: a value pinned for the domain
-//!    ([`Ledger::set_domain_idle_watts`], e.g. rules `[gpu.X] idle_watts`), the fixed
-//!    `[attribution] idle_power = <watts>`, or LEARNED (see below); with none of these, 0.
+//! 2. Idle power `P_idle(d)` is, in order of precedence: a value pinned for the domain (rules
+//!    `[gpu.X] idle_watts`, or a modelled domain's own idle: the CPU power model's idle watts
+//!    per CPU × CPUs, known from the first interval), the fixed `[attribution] idle_power =
+//!    <watts>`, or LEARNED (see below); with none of these, 0 and the interval says `none`.
 //!    `static = min(target, share × P_idle × Δt)`, `dynamic = target − static`.
 //!    *Change from DESIGN*: the idle floor is scaled by the target's share, because `P_idle` is a
 //!    whole-device figure and the other processes' part of the device already carries its own
 //!    slice of the floor inside `other`. With share 1 (the common case) this is DESIGN's formula.
-//! 3. `dynamic` is split among requests active in the interval by overlap time (or overlap ×
-//!    tokens); `static` goes to `idle`, or is split the same way under `idle = "amortize"`.
-//!    With no request active, all of `target` is idle.
-//! 4. Every split is a floor division; the remainders go to `idle`, so
-//!    `Σ requests + idle + other == measured` holds exactly in integer microjoules, and no part is
-//!    ever negative (all arithmetic is unsigned and each part is bounded by what it splits).
+//! 3. `dynamic` (or all of `target` under `idle = "amortize"`) goes to the requests open in the
+//!    interval, `static` to `idle`. With no request open, all of `target` is idle. The interval
+//!    record is final at once; which request gets what may wait (step 4).
+//! 4. **Activity-aware split** (*change from DESIGN*, which split by time open): each request's
+//!    part is its time *worked on* inside the interval (× its tokens in `split = "tokens"`),
+//!    from the work windows of [`work`]: queued from arrival, prefill, then decode until its
+//!    end. A request waiting in the server's queue gets nothing for that time. The windows come
+//!    from the server's own timings (llama.cpp, Ollama), else from the stream (the first chunk
+//!    ends prefill; prefill length from a rate learned on requests that did not wait), else the
+//!    request counts as worked on while open (`overlap`, the old method). Where a request open
+//!    in an interval has not yet shown where its queue ended (no chunk yet, not ended), the
+//!    interval's split waits for it, at most [`MAX_HOLD`] (then it is made from what is known,
+//!    flagged `split_estimated`). Device-time is shared the same way, by processor sharing
+//!    over the work windows.
+//! 5. Every split is exact: floor parts, and the few µJ the floors leave go to the request with
+//!    the largest weight, so `Σ requests + idle + other == measured` holds exactly in integer
+//!    microjoules, and no part is ever negative (all arithmetic is unsigned).
 //!
-//! LEARNED idle power: over intervals in which no request of the target is active, the device's
-//! power (`measured / Δt`, whole device) is kept in a ring of the last `idle_window` samples; the
+//! LEARNED idle power: over intervals in which no request of the target is open or the device
+//! reported no activity (`device_idle`: NVML utilisation 0 %), the device's power
+//! (`measured / Δt`, whole device) is kept in a ring of the last `idle_window` samples; the
 //! estimate is its `idle_percentile`-th percentile (default 5th), used once `MIN_IDLE_SAMPLES`
 //! samples exist. A low percentile rather than the mean because the first idle intervals after a
 //! burst still carry ramp-down power, and another process may briefly use the device.
 //!
-//! Capacity uses processor sharing on device-time: within the interval, each instant of the
-//! target's device-time (`devices × Δt × share`) is shared equally by the requests active at that
-//! instant; instants with none are idle capacity; the rest of the device is `other`. A request
-//! that shares a GPU with 7 others for a whole second gets 1/8 GPU-second.
+//! Capacity: the target's device-time (`devices × Δt × share`) while some request was open is
+//! the requests'; the rest of the target's part is idle capacity, the rest of the device
+//! `other`. A request that shares a GPU with 7 others for a whole second gets 1/8 GPU-second.
 //!
-//! Token split: a request's tokens are only known when its span ends, so an interval that a
-//! still-open request overlaps weighs it by the mean token count of requests ended so far (1
+//! Token split: a request's tokens are only known when its span ends; an interval settled while
+//! a request is still open weighs it by the mean token count of requests ended so far (1
 //! before any), and the request is flagged `token_weight_estimated`.
 
 mod idle;
@@ -120,6 +133,10 @@ impl Share {
 
 /// One interval of one energy domain, as the energy sampler measured it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about one reading, each read by the ledger on its own"
+)]
 pub struct DomainInterval {
     pub domain: DomainId,
     pub class: EnergyKind,
@@ -138,6 +155,10 @@ pub struct DomainInterval {
     /// 0, requests active in it are flagged `partial_energy`, and it does not teach idle power.
     /// It keeps the domain's watermark moving, so requests are not held back forever.
     pub unmeasured: bool,
+    /// The device itself reported no activity over the interval (NVML utilisation 0 %): its
+    /// power is idle power, whatever the target's requests were doing (waiting in a queue, or
+    /// on the CPU). Idle power is learned from such intervals as well as request-free ones.
+    pub device_idle: bool,
     /// Devices behind the domain (cores, or 1 GPU): capacity is `devices × Δt`.
     pub devices: u32,
 }

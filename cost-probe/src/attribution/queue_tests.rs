@@ -17,6 +17,7 @@ fn gpu(start: u64, end: u64, uj: u64) -> DomainInterval {
         estimated: false,
         integrated: false,
         unmeasured: false,
+        device_idle: false,
         devices: 1,
     }
 }
@@ -396,4 +397,22 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn gpu_idle_is_learned_while_requests_wait_if_the_device_says_it_is_idle() {
+    // A busy server always has a request open: without the device's own word, nothing to learn.
+    let mut l = Ledger::new(LedgerConfig::default());
+    l.span_started(1, Nanos(0));
+    for k in 0..MIN_IDLE_SAMPLES as u64 {
+        let mut i = gpu(k * 100 * MS, (k + 1) * 100 * MS, 6_000_000);
+        i.device_idle = true;
+        let r = l.interval(&i);
+        assert!(r.is_conserved());
+    }
+    let r = l.interval(&gpu(500 * MS, 600 * MS, 30_000_000));
+    assert_eq!(r.idle_source, IdleSource::Learned);
+    // 60 W learned: 6 J of the 30 J interval is idle, 24 J the request's.
+    assert_eq!(r.idle_power_uw, 60_000_000);
+    assert_eq!(r.attributed, MicroJoules(24_000_000));
 }

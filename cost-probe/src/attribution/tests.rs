@@ -16,6 +16,7 @@ fn iv(domain: u32, class: EnergyKind, start: u64, end: u64, uj: u64) -> DomainIn
         estimated: false,
         integrated: false,
         unmeasured: false,
+        device_idle: false,
         devices: 1,
     }
 }

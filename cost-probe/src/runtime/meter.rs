@@ -240,6 +240,7 @@ impl Meter {
                 estimated: r.flags.estimated,
                 integrated: r.flags.integrated,
                 unmeasured: false,
+                device_idle: class == EnergyKind::Gpu && gpu_idle(&self.snap, r.domain),
                 devices: match class {
                     EnergyKind::Gpu => 1,
                     _ => self.snap.cpu.map_or(1, |c| c.host.cpus.max(1)),
@@ -331,6 +332,7 @@ impl Meter {
                 estimated: false,
                 integrated: false,
                 unmeasured: true,
+                device_idle: false,
                 devices: 1,
             });
             self.last_at[idx] = Some(now);
@@ -361,6 +363,14 @@ impl Meter {
     pub fn gpu_model(&self) -> Option<&str> {
         self.sampler.gpus().next().and_then(|g| g.name.as_deref())
     }
+}
+
+/// NVML said the GPU did nothing over its last sample period: its power is idle power.
+fn gpu_idle(snap: &Snapshot, domain: crate::energy::DomainIdx) -> bool {
+    snap.gpu_shares
+        .iter()
+        .find(|g| g.domain == Some(domain))
+        .is_some_and(|g| g.gpu_util == Some(0))
 }
 
 fn gpu_share(snap: &Snapshot, domain: crate::energy::DomainIdx) -> Share {
