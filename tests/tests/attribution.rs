@@ -91,8 +91,7 @@ fn cpu_bound_requests_cost_the_same_per_cpu_millisecond() {
         if *ms >= 5.0 {
             assert!(
                 (x - median).abs() <= 0.1 * median,
-                "{:.6} J/CPU-ms against the median {median:.6}: {r}",
-                x
+                "{x:.6} J/CPU-ms against the median {median:.6}: {r}"
             );
         }
     }
@@ -127,14 +126,14 @@ struct Seen {
 fn timings(body: &[u8]) -> Value {
     let text = String::from_utf8_lossy(body);
     text.lines()
+        .rev()
         .map(|l| l.strip_prefix("data: ").unwrap_or(l))
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|d| d.get("timings").cloned())
-        .last()
+        .find_map(|d| d.get("timings").cloned())
         .unwrap_or_else(|| panic!("no timings in {text}"))
 }
 
-/// Runs one client per (prompt, max_tokens, delay) at once (after its delay), each on its own
+/// Runs one client per `(prompt, max_tokens, delay)` at once (after its delay), each on its own
 /// connection.
 fn drive(port: u16, jobs: &[(&str, u32, u64)], stream: bool) -> Vec<Seen> {
     let origin = Instant::now();
