@@ -95,7 +95,9 @@ class NvmlPoller:
             raise Prereq(f"NVML: {e} (needs a driver and a GPU with an energy counter)") from e
         if not self.handles:
             raise Prereq("NVML sees no GPU")
-        self.names = [pynvml.nvmlDeviceGetName(h) for h in self.handles]
+        # Older nvidia-ml-py returns bytes here, newer str.
+        self.names = [n.decode() if isinstance(n, bytes) else n
+                      for n in map(pynvml.nvmlDeviceGetName, self.handles)]
         self.period = period
         self.samples = []  # (realtime ns, [mJ per GPU])
         self.stop_ev = threading.Event()
@@ -412,10 +414,15 @@ def print_report(args, summary):
           f"{summary['wall_s']:.0f} s)")
     print(f"server: {summary['server']}")
     if c.get("ran"):
-        print(f"\n{'id':>4} {'stream':>6} {'queue_ms':>9} {'compute_ms':>10} {'energy_J':>10} "
-              f"{'E share':>8} {'C share':>8} {'rel err':>8}")
+        # cost-probe's own queue figure, where the build being checked writes one.
+        cpq = any(r["cost_probe_queue_ms"] is not None for r in c["rows"])
+        cpq_head = f"{'cp queue':>9}" if cpq else ""
+        print(f"\n{'id':>4} {'stream':>6} {'queue_ms':>9} {cpq_head} "
+              f"{'compute_ms':>10} {'energy_J':>10} {'E share':>8} {'C share':>8} {'rel err':>8}")
         for r in c["rows"]:
-            print(f"{r['id']:>4} {str(r['stream']):>6} {r['queue_ms']:>9.1f} "
+            q = r["cost_probe_queue_ms"]
+            q = (f"{q:>9.1f}" if q is not None else f"{'-':>9}") if cpq else ""
+            print(f"{r['id']:>4} {str(r['stream']):>6} {r['queue_ms']:>9.1f} {q} "
                   f"{r['compute_ms']:>10.1f} {r['energy_j']:>10.4f} {r['energy_share']:>8.2%} "
                   f"{r['compute_share']:>8.2%} {r['rel_err']:>+8.1%}{'' if r['ok'] else '  !'}")
     print(f"\n{'check':<34} {'result':<6} detail")
