@@ -76,8 +76,11 @@ def parse_args():
 # ---- NVML, read independently of cost-probe ----------------------------------------------------
 
 class NvmlPoller:
-    """Polls every GPU's total-energy counter (mJ) every `period` s, stamped with CLOCK_REALTIME
-    (the clock cost-probe's records are written in)."""
+    """Polls every GPU's total-energy counter (mJ) every `period` s.
+
+    Polls are stamped with CLOCK_MONOTONIC, cost-probe's clock, and record times are mapped back
+    to it with one realtime−monotonic offset taken at start, as cost-probe maps its own: an NTP
+    slew during the run then moves neither side."""
 
     def __init__(self, period=0.005):
         try:
@@ -99,14 +102,15 @@ class NvmlPoller:
         self.names = [n.decode() if isinstance(n, bytes) else n
                       for n in map(pynvml.nvmlDeviceGetName, self.handles)]
         self.period = period
-        self.samples = []  # (realtime ns, [mJ per GPU])
+        self.samples = []  # (monotonic ns, [mJ per GPU])
+        self.wall_offset = time.time_ns() - time.monotonic_ns()
         self.stop_ev = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self):
         get = self.nvml.nvmlDeviceGetTotalEnergyConsumption
         while not self.stop_ev.is_set():
-            t = time.time_ns()
+            t = time.monotonic_ns()
             self.samples.append((t, [get(h) for h in self.handles]))
             self.stop_ev.wait(self.period)
 
@@ -118,8 +122,9 @@ class NvmlPoller:
         self.thread.join()
         self.nvml.nvmlShutdown()
 
-    def energy_at(self, gpu, t):
-        """The counter at `t` (mJ), linear between the two polls around it; None outside."""
+    def energy_at(self, gpu, wall_ns):
+        """The counter at `wall_ns` (mJ), linear between the two polls around it; None outside."""
+        t = wall_ns - self.wall_offset
         s = self.samples
         lo, hi = 0, len(s) - 1
         if not s or t < s[0][0] or t > s[-1][0]:
@@ -491,7 +496,8 @@ def run(args):
     if poller:
         with open(out / "nvml.ndjson", "w") as f:
             for t, e in poller.samples:
-                f.write(json.dumps({"t_ns": t, "energy_mj": e}) + "\n")
+                f.write(json.dumps({"mono_ns": t, "wall_ns": t + poller.wall_offset,
+                                    "energy_mj": e}) + "\n")
     records = load_ndjson(out / "records.ndjson")
     intervals = [r for r in records if r.get("type") == "interval"]
     requests = [r for r in records if r.get("type") == "request"]
