@@ -358,7 +358,14 @@ def check_conservation(intervals, requests):
         sums[cls] = {"intervals_attributed_j": total / 1e6, "requests_j": req / 1e6,
                      "ok": abs(req - total) <= len(requests)}
     ok = parts > 0 and not bad and all(s["ok"] for s in sums.values())
+    # Not checked, shown: where each domain's idle figure came from decides what is left to split.
+    idle = {}
+    for rec in intervals:
+        for d in rec.get("domains", []):
+            key = f"{d['domain']} {d.get('idle_source')} {d.get('idle_w', 0):.1f} W"
+            idle[key] = idle.get(key, 0) + 1
     return {"ran": True, "ok": ok, "interval_domains": parts, "violations": bad[:20],
+            "idle": dict(sorted(idle.items(), key=lambda kv: -kv[1])),
             "violation_count": len(bad), "request_sums": sums}
 
 
@@ -402,6 +409,7 @@ def check_shares(args, pairs, unmatched, cls):
     errs = [abs(r["rel_err"]) for r in rows]
     ok = all(r["ok"] for r in rows) and not unmatched
     return {"ran": True, "ok": ok, "class": cls, "requests": len(rows), "unmatched": unmatched,
+            "attributed_j": e_total, "compute_ms": c_total,
             "mean_abs_rel_err": statistics.mean(errs), "max_abs_rel_err": max(errs),
             "within_tol": sum(r["ok"] for r in rows), "rows": rows}
 
@@ -451,11 +459,14 @@ def print_report(args, summary):
     print(f"{'(b) Σ req + idle + other = measured':<34} {verdict(b):<6} "
           f"{b['violation_count']} of {b['interval_domains']} interval-domains off by ≥ 1 µJ; "
           f"{sums}")
+    idle = ", ".join(f"{k} ({n})" for k, n in list(b["idle"].items())[:4])
+    print(f"{'    idle (interval count)':<34} {'':<6} {idle}")
     if c.get("ran"):
         print(f"{'(c) %s share vs server compute' % c['class']:<34} {verdict(c):<6} "
               f"{c['within_tol']} of {c['requests']} requests within ±{args.tol_share:.0%} "
               f"(relative); mean |err| {c['mean_abs_rel_err']:.1%}, "
-              f"max {c['max_abs_rel_err']:.1%}; unmatched {len(c['unmatched'])}")
+              f"max {c['max_abs_rel_err']:.1%}; unmatched {len(c['unmatched'])}; "
+              f"{c['attributed_j']:.6f} J attributed for {c['compute_ms'] / 1e3:.1f} s of compute")
     else:
         print(f"{'(c) share vs server compute':<34} {'FAIL':<6} {c['why']}")
     print(f"\nresult: {'PASS' if summary['ok'] else 'FAIL'}  (summary: {summary['out']})")
