@@ -249,7 +249,7 @@ def drive(args, port, plan):
                 i, body = pending.pop(0)
             try:
                 results[i] = send(port, body)
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:
                 results[i] = {"ok": False, "error": str(e)}
 
     threads = [threading.Thread(target=client) for _ in range(args.clients)]
@@ -496,7 +496,10 @@ def run(args):
         results = drive(args, port, request_plan(args))
         time.sleep(args.idle_s)
         probe.send_signal(signal.SIGINT)
-        probe_rc = probe.wait(60)
+        try:
+            probe_rc = probe.wait(60)
+        except subprocess.TimeoutExpired:
+            probe_rc = "did not exit within 60 s of SIGINT (killed)"
     finally:
         if probe and probe.poll() is None:
             probe.kill()
