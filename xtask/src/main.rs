@@ -1,4 +1,4 @@
-//! `cargo xtask setup|test|demo|bench|fuzz|deps|check-tree`: everything a fresh machine needs, in
+//! `cargo xtask setup|test|demo|bench|fuzz|deps|check-tree|gpu-check`: everything a fresh machine needs, in
 //! one place.
 //!
 //! Every command that builds runs `setup` first; setup is idempotent and returns in well under a
@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod deps;
 mod fuzz;
+mod gpu_check;
 mod hygiene;
 
 #[derive(Parser)]
@@ -75,6 +76,22 @@ enum Cmd {
     },
     /// Fail if git tracks a symbolic link holding an absolute path or leaving the repository.
     CheckTree,
+    /// On a machine with an NVIDIA GPU (torch and nvidia-ml-py installed): attach to a streaming
+    /// server doing GPU work per token under queued load, and compare cost-probe's GPU energy with
+    /// NVML's counter and each request's share with the server's compute log. Exit 0 pass, 1 out
+    /// of tolerance, 2 missing prerequisite.
+    GpuCheck {
+        /// Directory for the records, the server's log and summary.json.
+        #[arg(long, default_value = "target/gpu-check")]
+        out: PathBuf,
+        /// Use the existing release binary instead of building it.
+        #[arg(long)]
+        no_build: bool,
+        /// Further arguments for the script (`--device cpu` is the dry run without a GPU; see
+        /// `python3 tests/gpu/gpu_check.py --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        script_args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +114,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fuzz { secs, targets } => fuzz::run(secs, &targets),
         Cmd::Deps { src } => deps::run(&src),
         Cmd::CheckTree => hygiene::check_tree(&root),
+        Cmd::GpuCheck {
+            out,
+            no_build,
+            script_args,
+        } => {
+            let code = gpu_check::run(&out, no_build, &script_args)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
     }
 }
 
