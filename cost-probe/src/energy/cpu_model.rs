@@ -132,6 +132,7 @@ mod tests {
             busy: Nanos(busy_ms * 1_000_000),
             total: Nanos(total_ms * 1_000_000),
             cpus: 2,
+            ..HostCpu::default()
         }
     }
 

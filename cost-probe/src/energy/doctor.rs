@@ -147,11 +147,7 @@ fn report_inner(
             proc_root: roots.proc.clone(),
             works: true,
             cpus: c.cpus(),
-            message: format!(
-                "{}/stat readable ({} CPUs); target CPU time from /proc/PID/stat",
-                roots.proc.display(),
-                c.cpus()
-            ),
+            message: c.describe(),
         },
         Err(e) => CpuTimeReport {
             proc_root: roots.proc.clone(),

@@ -155,7 +155,7 @@ impl SamplerBuilder {
         let mut sources = open_rapl(&self.roots, self.config.liveness_window, &mut st);
         let cputime = match CpuTimeSource::open(&self.roots.proc) {
             Ok(c) => {
-                st.note("cputime", true, format!("{} CPUs", c.cpus()));
+                st.note("cputime", true, c.describe());
                 Some(c)
             }
             Err(e) => {

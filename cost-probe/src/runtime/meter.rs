@@ -347,11 +347,15 @@ impl Meter {
             (Some(p), Some(c)) => {
                 let busy = c.host.busy.0.saturating_sub(p.host.busy.0);
                 let target = c.target.0.saturating_sub(p.target.0);
+                // The two figures come from different clocks (the process CPU clock in ns, host
+                // busy from cpuidle in µs or /proc/stat in ticks, each read at its own instant),
+                // so the target can read a little above the host. The target's CPU time is the
+                // better-resolved figure: the host was busy at least that long.
+                let busy = busy.max(target);
                 if busy == 0 {
                     Share::new(0, 1)
                 } else {
-                    // /proc tick granularity can put the target a tick above the host.
-                    Share::new(target.min(busy), busy)
+                    Share::new(target, busy)
                 }
             }
             _ => Share::new(0, 1),

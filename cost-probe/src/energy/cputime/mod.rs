@@ -1,93 +1,42 @@
-//! CPU time of the target and of the host, from procfs, to split CPU energy between them.
+//! CPU time of the target and of the host, to split CPU energy between them.
 //!
-//! `/proc/PID/stat` of a thread-group leader already sums all its threads, live and exited
-//! (the kernel's `thread_group_cputime`), so one file per tgid covers every thread. The hot-path
-//! parsers are hand-written over a stack buffer (no allocation per tick); the `procfs` crate
-//! supplies the tick rate and serves as the reference parser in tests.
+//! Both sides are read at the finest resolution the kernel offers, so a request that burns a
+//! few milliseconds of CPU shows up in the 100 ms interval it ran in (with `/proc` clock ticks
+//! a 5 ms burst read as 0 or 10 ms):
+//! - the target through its process CPU clock ([`clock::PosixCpuClock`], ns, all threads live
+//!   and exited, one syscall per tgid);
+//! - the host as elapsed time minus cpuidle residency ([`host`], µs), or `/proc/stat` ticks where
+//!   cpuidle is missing or too many files to read every tick. [`HostCpu::busy_source`] says
+//!   which one measured each interval.
+//!
+//! docs/design.md "CPU time" has the measured costs and the limits.
 use std::{
-    fs::File,
-    io::{self, Read},
-    path::{Path, PathBuf},
+    io::Read,
+    path::Path,
 };
 
 use serde::Serialize;
 
-use super::{EnergyError, ReadAt, read_into};
+use super::{EnergyError, read_into};
 use crate::units::Nanos;
 
-/// The `cpu` line of `/proc/stat`, in clock ticks (`USER_HZ`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct CpuTicks {
-    pub user: u64,
-    pub nice: u64,
-    pub system: u64,
-    pub idle: u64,
-    pub iowait: u64,
-    pub irq: u64,
-    pub softirq: u64,
-    pub steal: u64,
-}
+pub mod clock;
+pub mod host;
 
-impl CpuTicks {
-    /// Ticks this host's CPUs spent running something. `guest` is already inside `user`; steal
-    /// is time the hypervisor gave to someone else, so it is not our busy time.
-    #[must_use]
-    pub fn busy(&self) -> u64 {
-        self.user + self.nice + self.system + self.irq + self.softirq
-    }
+pub use clock::{GroupClock, PidStatClock, PosixCpuClock};
+pub use host::{
+    BusySource, CpuTicks, MAX_CPUIDLE_FILES, parse_cpu_list, parse_proc_stat, parse_proc_stat_cpus,
+};
+use host::HostClock;
 
-    /// All ticks, busy or not.
-    #[must_use]
-    pub fn total(&self) -> u64 {
-        self.busy() + self.idle + self.iowait + self.steal
-    }
-}
-
-/// Parses the aggregate `cpu` line at the start of `/proc/stat` content. Returns the ticks and
-/// the number of `cpuN` lines found in `buf` (0 when the buffer ended before them).
-pub fn parse_proc_stat(r: impl Read, buf: &mut [u8]) -> io::Result<(CpuTicks, u32)> {
-    let bytes = read_into(r, buf)?;
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "no cpu line in /proc/stat");
-    let mut lines = bytes.split(|&b| b == b'\n');
-    let first = lines.next().ok_or_else(bad)?;
-    let rest = first.strip_prefix(b"cpu ").ok_or_else(bad)?;
-    let mut f = [0u64; 8];
-    let mut n = 0;
-    for field in rest.split(|&b| b == b' ').filter(|s| !s.is_empty()) {
-        if n == f.len() {
-            break;
-        }
-        f[n] = super::parse_u64(field).ok_or_else(bad)?;
-        n += 1;
-    }
-    // Kernels since 2.6.11 print at least eight fields.
-    if n < 4 {
-        return Err(bad());
-    }
-    let cpus = lines
-        .take_while(|l| l.starts_with(b"cpu"))
-        .filter(|l| l.get(3).is_some_and(u8::is_ascii_digit))
-        .count() as u32;
-    Ok((
-        CpuTicks {
-            user: f[0],
-            nice: f[1],
-            system: f[2],
-            idle: f[3],
-            iowait: f[4],
-            irq: f[5],
-            softirq: f[6],
-            steal: f[7],
-        },
-        cpus,
-    ))
-}
+/// Where the kernel lists CPUs and their cpuidle states.
+pub const SYS_CPU: &str = "/sys/devices/system/cpu";
 
 /// Parses `utime + stime` (fields 14 and 15, clock ticks) of a `/proc/PID/stat` line. The
 /// command name may hold spaces and parentheses, so fields are counted after the last `)`.
-pub fn parse_pid_stat(r: impl Read, buf: &mut [u8]) -> io::Result<u64> {
+pub fn parse_pid_stat(r: impl Read, buf: &mut [u8]) -> std::io::Result<u64> {
     let bytes = read_into(r, buf)?;
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat");
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed /proc/PID/stat");
     let close = bytes.iter().rposition(|&b| b == b')').ok_or_else(bad)?;
     // After ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
     // utime(14) stime(15).
@@ -99,17 +48,22 @@ pub fn parse_pid_stat(r: impl Read, buf: &mut [u8]) -> io::Result<u64> {
     Ok(utime + stime)
 }
 
-/// Host CPU time, cumulative since boot, read on a tick.
+/// Host CPU time read on a tick. `busy` and `total` are running sums of each interval's figures
+/// since the source opened (zero at the first tick), so the difference of two readings is the
+/// busy/total time between them whichever mechanism measured each interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HostCpu {
     /// `CLOCK_MONOTONIC` time of the read.
     pub at: Nanos,
-    /// Time all CPUs spent busy (see [`CpuTicks::busy`]).
+    /// Time all CPUs spent running something (steal excluded).
     pub busy: Nanos,
-    /// All CPU time (busy + idle + iowait + steal).
+    /// All CPU time: elapsed × online CPUs (cpuidle), or `/proc/stat`'s busy + idle + iowait +
+    /// steal.
     pub total: Nanos,
-    /// Logical CPUs at start-up (the `cpuN` lines of `/proc/stat`).
+    /// Online logical CPUs.
     pub cpus: u32,
+    /// What measured the interval that ended at this read.
+    pub busy_source: BusySource,
 }
 
 /// CPU time sample for one tick.
@@ -117,7 +71,7 @@ pub struct HostCpu {
 pub struct CpuSample {
     pub host: HostCpu,
     /// CPU time used by the target's tgids since they were added (monotone; an exited tgid
-    /// keeps what it used up to its last sample).
+    /// keeps what it used up to its last reading).
     pub target: Nanos,
     /// Target tgids still alive.
     pub target_alive: u32,
@@ -125,107 +79,135 @@ pub struct CpuSample {
 
 struct Target {
     tgid: u32,
-    file: Option<File>,
-    last_ticks: u64,
+    alive: bool,
+    last: Nanos,
 }
 
-/// Reads `/proc/stat` and the target's `/proc/PID/stat` files, kept open between ticks.
+/// Reads the host's busy time and the target's CPU time on each tick.
 pub struct CpuTimeSource {
-    root: PathBuf,
-    stat: File,
-    ticks_per_sec: u64,
-    cpus: u32,
+    host: HostClock,
+    clock: Box<dyn GroupClock>,
     targets: Vec<Target>,
-    /// Target ticks accumulated over all tgids ever tracked.
-    target_ticks: u64,
+    /// Target CPU time accumulated over all tgids ever tracked.
+    target: Nanos,
 }
 
-// /proc/stat's first line is < 250 bytes; the rest is read only to count CPUs at start.
-const STAT_HEAD: usize = 512;
+// A /proc/PID/stat line is < 1 KiB (52 fields; the command name is at most 64 bytes).
 const PID_STAT: usize = 1024;
 
 impl CpuTimeSource {
+    /// The real sources: `proc_root/stat`, cpuidle under [`SYS_CPU`], the process CPU clock.
+    ///
+    /// # Errors
+    /// When `proc_root/stat` cannot be read or parsed.
     pub fn open(proc_root: &Path) -> Result<Self, EnergyError> {
-        let path = proc_root.join("stat");
-        let stat = File::open(&path).map_err(|e| EnergyError::io(&path, e))?;
-        // Read enough to see every cpuN line (~60-100 bytes each, so thousands of CPUs) once,
-        // at start-up.
-        let mut big = vec![0u8; 1 << 20];
-        let (_, cpus) = parse_proc_stat(ReadAt::start(&stat), &mut big)
-            .map_err(|e| EnergyError::io(&path, e))?;
+        Self::with_sources(
+            proc_root,
+            Some(Path::new(SYS_CPU)),
+            Box::new(PosixCpuClock::new()),
+        )
+    }
+
+    /// Like [`CpuTimeSource::open`] with the cpuidle root (`None`: `/proc/stat` only) and the
+    /// target clock chosen by the caller (tests, and the benchmark comparing mechanisms).
+    ///
+    /// # Errors
+    /// When `proc_root/stat` cannot be read or parsed.
+    pub fn with_sources(
+        proc_root: &Path,
+        sys_cpu: Option<&Path>,
+        clock: Box<dyn GroupClock>,
+    ) -> Result<Self, EnergyError> {
         Ok(Self {
-            root: proc_root.to_owned(),
-            stat,
-            ticks_per_sec: procfs::ticks_per_second().max(1),
-            cpus: cpus.max(1),
+            host: HostClock::open(proc_root, sys_cpu)?,
+            clock,
             targets: Vec::new(),
-            target_ticks: 0,
+            target: Nanos::ZERO,
         })
     }
 
     /// Replaces the set of target tgids. Tgids already tracked keep their baseline; new ones
     /// start counting from now; gone ones keep what they were counted for.
     pub fn set_targets(&mut self, tgids: &[u32]) {
-        self.targets.retain(|t| tgids.contains(&t.tgid));
+        let clock = &mut self.clock;
+        self.targets.retain(|t| {
+            let keep = tgids.contains(&t.tgid);
+            if !keep {
+                clock.close(t.tgid);
+            }
+            keep
+        });
         for &tgid in tgids {
             if self.targets.iter().any(|t| t.tgid == tgid) {
                 continue;
             }
-            let path = self.root.join(tgid.to_string()).join("stat");
-            let file = File::open(&path).ok();
-            let mut buf = [0u8; PID_STAT];
-            let last_ticks = file
-                .as_ref()
-                .and_then(|f| parse_pid_stat(ReadAt::start(f), &mut buf).ok())
-                .unwrap_or(0);
-            if file.is_none() {
-                log::warn!("target pid {tgid}: {} not readable", path.display());
-            }
-            self.targets.push(Target {
-                tgid,
-                file,
-                last_ticks,
-            });
+            let (alive, last) = match self.clock.open(tgid) {
+                Ok(now) => (true, now),
+                Err(e) => {
+                    log::warn!("target pid {tgid}: CPU time not readable: {e}");
+                    (false, Nanos::ZERO)
+                }
+            };
+            self.targets.push(Target { tgid, alive, last });
         }
     }
 
+    /// Online CPUs.
     #[must_use]
     pub fn cpus(&self) -> u32 {
-        self.cpus
+        self.host.cpus()
     }
 
-    fn ticks_to_nanos(&self, ticks: u64) -> Nanos {
-        Nanos((u128::from(ticks) * 1_000_000_000 / u128::from(self.ticks_per_sec)) as u64)
+    /// How host busy time is measured now, and why not through cpuidle when it is not.
+    #[must_use]
+    pub fn busy_source(&self) -> (BusySource, Option<&str>) {
+        self.host.source()
     }
 
-    /// Reads host and target CPU time. Allocation-free.
+    /// Both mechanisms in words, for the doctor and the sampler's status.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let host = match self.host.source() {
+            (BusySource::Cpuidle, _) => {
+                "host busy time from cpuidle residency (µs), /proc/stat for CPUs that stayed in                  one state"
+                    .to_owned()
+            }
+            (BusySource::ProcStat, why) => format!(
+                "host busy time from /proc/stat (10 ms ticks; {})",
+                why.unwrap_or("cpuidle not used")
+            ),
+        };
+        format!("{} CPUs; {}; {host}", self.cpus(), self.clock.describe())
+    }
+
+    /// Reads host and target CPU time. Allocation-free (CPU hotplug aside).
+    ///
+    /// # Errors
+    /// When `/proc/stat` cannot be read; an unreadable target is not an error (it exited).
     pub fn sample(&mut self, now: Nanos) -> Result<CpuSample, EnergyError> {
-        let mut buf = [0u8; STAT_HEAD];
-        let (host, _) = parse_proc_stat(ReadAt::start(&self.stat), &mut buf)
-            .map_err(|e| EnergyError::io(self.root.join("stat"), e))?;
+        let host = self.host.sample(now)?;
         let mut alive = 0;
-        let mut pbuf = [0u8; PID_STAT];
         for t in &mut self.targets {
-            let Some(file) = &t.file else { continue };
-            // A kept-open stat file of an exited process fails with ESRCH instead of silently
-            // showing a reused pid.
-            match parse_pid_stat(ReadAt::start(file), &mut pbuf) {
-                Ok(ticks) => {
-                    self.target_ticks += ticks.saturating_sub(t.last_ticks);
-                    t.last_ticks = ticks;
+            if !t.alive {
+                continue;
+            }
+            match self.clock.read(t.tgid) {
+                Ok(ns) => {
+                    // The clock is monotone per process; saturating keeps a misbehaving source
+                    // from ever producing a negative interval.
+                    self.target += ns.saturating_sub(t.last);
+                    t.last = t.last.max(ns);
                     alive += 1;
                 }
-                Err(_) => t.file = None,
+                Err(_) => {
+                    t.alive = false;
+                    self.clock.close(t.tgid);
+                }
             }
         }
         Ok(CpuSample {
-            host: HostCpu {
-                at: now,
-                busy: self.ticks_to_nanos(host.busy()),
-                total: self.ticks_to_nanos(host.total()),
-                cpus: self.cpus,
-            },
-            target: self.ticks_to_nanos(self.target_ticks),
+            host,
+            target: self.target,
             target_alive: alive,
         })
     }
@@ -233,6 +215,8 @@ impl CpuTimeSource {
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::VecDeque, io, path::PathBuf};
+
     use procfs::{FromBufReadSI as _, FromRead as _};
 
     use super::*;
@@ -346,8 +330,8 @@ mod tests {
         .unwrap();
         let after = src.sample(Nanos(2)).unwrap();
         let used = after.target.saturating_sub(before.target);
-        // USER_HZ ticks are 10 ms; allow for rounding at both ends.
-        assert!(used >= Nanos(270_000_000), "{used:?}");
+        // The process clock counts the joined thread's 300 ms exactly (plus other test threads).
+        assert!(used >= Nanos(300_000_000), "{used:?}");
         assert_eq!(after.target_alive, 1);
         assert!(after.host.busy > before.host.busy);
         assert!(after.host.cpus >= 1);
@@ -369,5 +353,44 @@ mod tests {
         assert!(after.target >= first.target);
         src.set_targets(&[]);
         assert_eq!(src.sample(Nanos(3)).unwrap().target, after.target);
+    }
+
+    /// A clock that replays scripted readings: `None` is a process that has gone.
+    struct Scripted(VecDeque<Option<u64>>);
+
+    impl GroupClock for Scripted {
+        fn open(&mut self, _: u32) -> io::Result<Nanos> {
+            self.read(0)
+        }
+        fn read(&mut self, _: u32) -> io::Result<Nanos> {
+            self.0
+                .pop_front()
+                .flatten()
+                .map(Nanos)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
+        }
+        fn close(&mut self, _: u32) {}
+        fn describe(&self) -> &'static str {
+            "scripted"
+        }
+    }
+
+    #[test]
+    fn target_deltas_never_negative_and_exit_keeps_last_reading() {
+        // 100 → 50 (a clock that went backwards) → 180 → gone → (never read again).
+        let script = [Some(100), Some(50), Some(180), None, Some(10_000)];
+        let mut src = CpuTimeSource::with_sources(
+            Path::new("/proc"),
+            None,
+            Box::new(Scripted(script.into_iter().collect())),
+        )
+        .unwrap();
+        src.set_targets(&[7]);
+        let mut seen = Vec::new();
+        for i in 1..=4 {
+            let s = src.sample(Nanos(i)).unwrap();
+            seen.push((s.target.0, s.target_alive));
+        }
+        assert_eq!(seen, [(0, 1), (80, 1), (80, 0), (80, 0)]);
     }
 }
