@@ -91,7 +91,8 @@ impl PosixCpuClock {
 impl GroupClock for PosixCpuClock {
     fn open(&mut self, tgid: u32) -> io::Result<Nanos> {
         self.close(tgid);
-        let pid = libc::pid_t::try_from(tgid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let pid =
+            libc::pid_t::try_from(tgid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd < 0 {

@@ -23,11 +23,12 @@ use crate::{
 };
 
 /// Beyond this many cpuidle `time` files (online CPUs × idle states) a tick reads `/proc/stat`
-/// only. Each file is one `pread` (≈ 1.5 µs measured on the 2-vCPU development VM, see
-/// docs/design.md "CPU time"), so 24 files keep the host side near 40 µs per tick; a host with
-/// more CPUs gets tick resolution, where its many CPUs make a 10 ms tick a small part of the
-/// interval's busy time anyway.
-pub const MAX_CPUIDLE_FILES: usize = 24;
+/// only. Each file is one `pread` of ≈ 1.6 µs (measured on the 2-vCPU development VM, see
+/// docs/design.md "CPU time"), so 16 files keep cpuidle near 26 µs, half of the 50 µs a whole
+/// tick may cost. That covers 8 CPUs with 2 states or 4 with 4; a 200-CPU host would pay about
+/// 1 ms per tick. Hosts with more CPUs get tick resolution, where a 10 ms tick is a smaller part
+/// of what their many CPUs do in an interval.
+pub const MAX_CPUIDLE_FILES: usize = 16;
 
 /// Which mechanism measured an interval's host busy time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -163,7 +164,6 @@ pub(super) struct HostClock {
     tick_ns: u64,
     /// sysfs CPU dir (`/sys/devices/system/cpu`); `None` reads `/proc/stat` only.
     sys_cpu: Option<PathBuf>,
-    online: Option<(File, Vec<u8>)>,
     idle: Vec<IdleCpu>,
     /// Why cpuidle is not used, when it is not.
     fallback: Option<String>,
@@ -193,7 +193,6 @@ impl HostClock {
             buf: vec![0; STAT_HEAD],
             tick_ns: 1_000_000_000 / ticks,
             sys_cpu: sys_cpu.map(Path::to_owned),
-            online: None,
             idle: Vec::new(),
             fallback: None,
             last_at: Nanos::ZERO,
@@ -220,7 +219,6 @@ impl HostClock {
 
     fn open_cpuidle(&mut self) {
         self.idle.clear();
-        self.online = None;
         match self.try_open_cpuidle() {
             Ok(()) => {
                 self.fallback = None;
@@ -278,8 +276,6 @@ impl HostClock {
                 read_idle_us(&idle.states).map_err(|e| format!("{}: {e}", dir.display()))?;
             self.idle.push(idle);
         }
-        let online = File::open(&online_path).map_err(|e| e.to_string())?;
-        self.online = Some((online, text.into_bytes()));
         self.cpus = cpus.len() as u32;
         Ok(())
     }
@@ -291,17 +287,18 @@ impl HostClock {
             c.seen = false;
         }
         let mut i = 0;
-        let (cur, _) = parse_proc_stat_cpus(ReadAt::start(&self.stat), &mut self.buf, |n, t| {
-            // Both lists are in CPU order.
-            while i < idle.len() && idle[i].cpu < n {
-                i += 1;
-            }
-            if let Some(c) = idle.get_mut(i).filter(|c| c.cpu == n) {
-                c.stat_idle = t.idle + t.iowait;
-                c.seen = true;
-            }
-        })
-        .map_err(|e| EnergyError::io(&self.stat_path, e))?;
+        let (cur, lines) =
+            parse_proc_stat_cpus(ReadAt::start(&self.stat), &mut self.buf, |n, t| {
+                // Both lists are in CPU order.
+                while i < idle.len() && idle[i].cpu < n {
+                    i += 1;
+                }
+                if let Some(c) = idle.get_mut(i).filter(|c| c.cpu == n) {
+                    c.stat_idle = t.idle + t.iowait;
+                    c.seen = true;
+                }
+            })
+            .map_err(|e| EnergyError::io(&self.stat_path, e))?;
         let first = self.last_at == Nanos::ZERO;
         let elapsed = now.saturating_sub(self.last_at).0;
         let ticks = |a: u64, b: u64| a.saturating_sub(b) * self.tick_ns;
@@ -311,7 +308,10 @@ impl HostClock {
             ticks(cur.total(), self.last.total()),
         );
         if self.fallback.is_none() {
-            match self.cpuidle_interval(elapsed, ticks(cur.steal, self.last.steal)) {
+            // /proc/stat lists online CPUs only: another count, or one of ours missing (the
+            // `seen` check below), means CPUs went on- or offline.
+            let same_cpus = lines as usize == self.idle.len();
+            match self.cpuidle_interval(same_cpus, elapsed, ticks(cur.steal, self.last.steal)) {
                 Ok(Some(b)) => {
                     busy = b;
                     total = elapsed * u64::from(self.cpus);
@@ -344,12 +344,14 @@ impl HostClock {
     }
 
     /// Busy ns of the interval from cpuidle, or `None` when the online CPUs changed.
-    fn cpuidle_interval(&mut self, elapsed: u64, steal: u64) -> io::Result<Option<u64>> {
-        if let Some((file, raw)) = &self.online {
-            let mut b = [0u8; 256];
-            if read_into(ReadAt::start(file), &mut b)? != raw.as_slice() {
-                return Ok(None);
-            }
+    fn cpuidle_interval(
+        &mut self,
+        same_cpus: bool,
+        elapsed: u64,
+        steal: u64,
+    ) -> io::Result<Option<u64>> {
+        if !same_cpus {
+            return Ok(None);
         }
         let tick_ns = self.tick_ns;
         let mut busy = 0u64;
@@ -390,4 +392,217 @@ fn read_idle_us(states: &[File]) -> io::Result<u64> {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cpuidle time"))?;
     }
     Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/energy")
+            .join(name)
+    }
+
+    /// A procfs and sysfs CPU tree under a temp dir whose counters the test sets.
+    struct Tree {
+        _dir: tempfile::TempDir,
+        proc: PathBuf,
+        sys: PathBuf,
+    }
+
+    const MS: u64 = 1_000_000;
+
+    impl Tree {
+        fn new(cpus: u32, states: u32) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (proc, sys) = (dir.path().join("proc"), dir.path().join("cpu"));
+            fs::create_dir_all(&proc).unwrap();
+            for c in 0..cpus {
+                for k in 0..states {
+                    let d = sys.join(format!("cpu{c}/cpuidle/state{k}"));
+                    fs::create_dir_all(&d).unwrap();
+                    fs::write(d.join("time"), "0\n").unwrap();
+                }
+            }
+            fs::create_dir_all(&sys).unwrap();
+            fs::write(sys.join("online"), format!("0-{}\n", cpus - 1)).unwrap();
+            let t = Self {
+                _dir: dir,
+                proc,
+                sys,
+            };
+            t.stat(&vec![(0, 0, 0); cpus as usize]);
+            t
+        }
+
+        /// `/proc/stat` with per-CPU (busy, idle, steal) ticks; the aggregate is their sum.
+        fn stat(&self, cpus: &[(u64, u64, u64)]) {
+            let line =
+                |name: &str, b: u64, i: u64, s: u64| format!("{name} {b} 0 0 {i} 0 0 0 {s} 0 0\n");
+            let sum = cpus
+                .iter()
+                .fold((0, 0, 0), |a, c| (a.0 + c.0, a.1 + c.1, a.2 + c.2));
+            let mut text = line("cpu ", sum.0, sum.1, sum.2);
+            for (n, c) in cpus.iter().enumerate() {
+                text += &line(&format!("cpu{n}"), c.0, c.1, c.2);
+            }
+            text += "intr 0\nctxt 0\n";
+            fs::write(self.proc.join("stat"), text).unwrap();
+        }
+
+        fn idle_us(&self, cpu: u32, state: u32, us: u64) {
+            let p = self.sys.join(format!("cpu{cpu}/cpuidle/state{state}/time"));
+            fs::write(p, format!("{us}\n")).unwrap();
+        }
+
+        fn open(&self) -> HostClock {
+            HostClock::open(&self.proc, Some(&self.sys)).unwrap()
+        }
+    }
+
+    fn interval(h: &mut HostClock, prev: HostCpu, at_ms: u64) -> (u64, u64, HostCpu) {
+        let cur = h.sample(Nanos(at_ms * MS)).unwrap();
+        (
+            cur.busy.saturating_sub(prev.busy).0 / 1_000,
+            cur.total.saturating_sub(prev.total).0 / 1_000,
+            cur,
+        )
+    }
+
+    // proc_stat_vm_cpuidle and sys_cpu_vm/: /proc/stat and /sys/devices/system/cpu (online,
+    // cpuN/cpuidle/stateK/{name,time,usage}) of the development VM "vm" (Firecracker, 2 vCPU,
+    // kernel 6.18.44, cpuidle-haltpoll: states POLL and "haltpoll idle"), captured together.
+    #[test]
+    fn captured_cpuidle_tree_is_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::copy(fixture("proc_stat_vm_cpuidle"), dir.path().join("stat")).unwrap();
+        let h = HostClock::open(dir.path(), Some(&fixture("sys_cpu_vm"))).unwrap();
+        assert_eq!(h.source(), (BusySource::Cpuidle, None));
+        assert_eq!(h.cpus(), 2);
+        let idle: Vec<_> = h
+            .idle
+            .iter()
+            .map(|c| (c.cpu, c.states.len(), c.idle_us))
+            .collect();
+        assert_eq!(idle, [(0, 2, 8_339_552_608), (1, 2, 3_368_140_751)]);
+        let mut cpus = Vec::new();
+        let mut buf = vec![0; 4096];
+        let text = fs::read(fixture("proc_stat_vm_cpuidle")).unwrap();
+        let (total, n) =
+            parse_proc_stat_cpus(&text[..], &mut buf, |c, t| cpus.push((c, t))).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(cpus[1].1.idle, 265_681);
+        assert_eq!(cpus[0].1.busy() + cpus[1].1.busy(), total.busy());
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
+        assert_eq!(parse_cpu_list("0,2-3,7"), Some(vec![0, 2, 3, 7]));
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn busy_is_elapsed_minus_idle_residency_in_microseconds() {
+        let t = Tree::new(2, 2);
+        let mut h = t.open();
+        let base = h.sample(Nanos(1_000 * MS)).unwrap();
+        assert_eq!((base.busy, base.total), (Nanos::ZERO, Nanos::ZERO));
+        // cpu0: 61.25 ms idle over two states; cpu1: idle exits adding up to the whole interval.
+        t.idle_us(0, 0, 1_250);
+        t.idle_us(0, 1, 60_000);
+        t.idle_us(1, 1, 100_000);
+        t.stat(&[(4, 6, 0), (0, 10, 0)]);
+        let (busy, total, cur) = interval(&mut h, base, 1_100);
+        assert_eq!((busy, total), (38_750, 200_000));
+        assert_eq!(cur.busy_source, BusySource::Cpuidle);
+    }
+
+    /// The defect cpuidle alone has: a CPU in one long idle period books nothing until it wakes,
+    /// so it would read busy the whole time and then book all the idle at once.
+    #[test]
+    fn long_idle_period_read_as_busy_until_it_ends() {
+        let t = Tree::new(2, 2);
+        let mut h = t.open();
+        let base = h.sample(Nanos(1_000 * MS)).unwrap();
+        // cpu0 runs all interval; cpu1 sleeps in one idle period that has not ended.
+        t.stat(&[(10, 0, 0), (0, 10, 0)]);
+        let (busy, _, p) = interval(&mut h, base, 1_100);
+        assert_eq!(busy, 100_000);
+        // cpu1 wakes 50 ms into the next interval (150 ms residency) and runs on; cpu0 idles
+        // 30 ms in short periods.
+        t.idle_us(1, 1, 150_000);
+        t.idle_us(0, 1, 30_000);
+        t.stat(&[(17, 3, 0), (5, 15, 0)]);
+        let (busy, _, _) = interval(&mut h, p, 1_200);
+        assert_eq!(busy, 70_000 + 50_000);
+    }
+
+    #[test]
+    fn steal_is_not_busy_time() {
+        let t = Tree::new(1, 1);
+        let mut h = t.open();
+        let base = h.sample(Nanos(1_000 * MS)).unwrap();
+        t.idle_us(0, 0, 40_000);
+        t.stat(&[(5, 4, 1)]);
+        let (busy, _, _) = interval(&mut h, base, 1_100);
+        assert_eq!(busy, 50_000);
+    }
+
+    #[test]
+    fn idle_beyond_the_interval_never_makes_busy_negative() {
+        let t = Tree::new(1, 1);
+        let mut h = t.open();
+        let base = h.sample(Nanos(1_000 * MS)).unwrap();
+        t.idle_us(0, 0, 400_000);
+        let (busy, total, _) = interval(&mut h, base, 1_100);
+        assert_eq!((busy, total), (0, 100_000));
+    }
+
+    #[test]
+    fn too_many_cpuidle_files_fall_back_to_proc_stat() {
+        let t = Tree::new(MAX_CPUIDLE_FILES as u32 / 2 + 1, 2);
+        let mut h = t.open();
+        let (src, why) = h.source();
+        assert_eq!(src, BusySource::ProcStat);
+        assert!(
+            why.unwrap()
+                .contains(&format!("more than {MAX_CPUIDLE_FILES} cpuidle files")),
+            "{why:?}"
+        );
+        let base = h.sample(Nanos(1_000 * MS)).unwrap();
+        let mut cpus = vec![(0, 10, 0); MAX_CPUIDLE_FILES / 2 + 1];
+        cpus[0] = (3, 7, 0);
+        t.stat(&cpus);
+        let (busy, total, cur) = interval(&mut h, base, 1_100);
+        assert_eq!((busy, total), (30_000, 100_000 * cpus.len() as u64));
+        assert_eq!(cur.busy_source, BusySource::ProcStat);
+    }
+
+    #[test]
+    fn missing_cpuidle_falls_back_to_proc_stat() {
+        let t = Tree::new(2, 0);
+        assert!(t.open().source().1.unwrap().contains("no cpuidle states"));
+        let h = HostClock::open(&t.proc, None).unwrap();
+        assert_eq!(h.source().0, BusySource::ProcStat);
+    }
+
+    #[test]
+    fn cpu_hotplug_interval_uses_proc_stat_then_the_new_set() {
+        let t = Tree::new(2, 1);
+        let mut h = t.open();
+        let base = h.sample(Nanos(1_000 * MS)).unwrap();
+        fs::write(t.sys.join("online"), "0\n").unwrap();
+        t.stat(&[(2, 8, 0)]);
+        let (busy, _, p) = interval(&mut h, base, 1_100);
+        assert_eq!((busy, p.busy_source), (20_000, BusySource::ProcStat));
+        t.idle_us(0, 0, 25_000);
+        t.stat(&[(9, 11, 0)]);
+        let (busy, total, p) = interval(&mut h, p, 1_200);
+        assert_eq!((busy, total, p.cpus), (75_000, 100_000, 1));
+        assert_eq!(p.busy_source, BusySource::Cpuidle);
+    }
 }

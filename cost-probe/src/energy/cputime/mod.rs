@@ -10,10 +10,7 @@
 //!   which one measured each interval.
 //!
 //! docs/design.md "CPU time" has the measured costs and the limits.
-use std::{
-    io::Read,
-    path::Path,
-};
+use std::{io::Read, path::Path};
 
 use serde::Serialize;
 
@@ -24,10 +21,10 @@ pub mod clock;
 pub mod host;
 
 pub use clock::{GroupClock, PidStatClock, PosixCpuClock};
+use host::HostClock;
 pub use host::{
     BusySource, CpuTicks, MAX_CPUIDLE_FILES, parse_cpu_list, parse_proc_stat, parse_proc_stat_cpus,
 };
-use host::HostClock;
 
 /// Where the kernel lists CPUs and their cpuidle states.
 pub const SYS_CPU: &str = "/sys/devices/system/cpu";
