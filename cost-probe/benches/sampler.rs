@@ -13,7 +13,7 @@ use std::{
 };
 
 use cost_probe::{
-    energy::cputime::{CpuTimeSource, PidStatClock, SYS_CPU},
+    energy::cputime::{CpuTimeSource, GroupClock, PidStatClock, PosixCpuClock, SYS_CPU},
     units::Nanos,
 };
 use criterion::Criterion;
@@ -126,7 +126,23 @@ fn tick(c: &mut Criterion) {
         &mut host_only,
     );
 
-    // Candidates measured for the record (docs/design.md "CPU time").
+    // The target side alone, then candidates measured for the record (docs/design.md "CPU
+    // time").
+    let pid = target.pid();
+    let mut clocks: [(&str, Box<dyn GroupClock>); 2] = [
+        (
+            "target clock: process CPU clock + pidfd check, 200 threads",
+            Box::new(PosixCpuClock::new()),
+        ),
+        (
+            "target clock: /proc/PID/stat kept open, 200 threads",
+            Box::new(PidStatClock::new(proc)),
+        ),
+    ];
+    for (name, clock) in &mut clocks {
+        clock.open(pid).unwrap();
+        c.bench_function(name, |b| b.iter(|| black_box(clock.read(pid).unwrap())));
+    }
     let tasks: Vec<File> = std::fs::read_dir(format!("/proc/{}/task", target.pid()))
         .unwrap()
         .map(|e| File::open(e.unwrap().path().join("schedstat")).unwrap())

@@ -166,7 +166,8 @@ impl CpuTimeSource {
     pub fn describe(&self) -> String {
         let host = match self.host.source() {
             (BusySource::Cpuidle, _) => {
-                "host busy time from cpuidle residency (µs), /proc/stat for CPUs that stayed in                  one state"
+                "host busy time from cpuidle residency (µs), /proc/stat for CPUs that stayed in one \
+                 state"
                     .to_owned()
             }
             (BusySource::ProcStat, why) => format!(
