@@ -223,6 +223,15 @@ impl HostClock {
             Ok(()) => {
                 self.fallback = None;
                 self.buf.resize(STAT_HEAD + STAT_LINE * self.idle.len(), 0);
+                // Per-CPU /proc/stat baselines, so the first interval of a new CPU set (start,
+                // hotplug) does not read a CPU's whole idle history as one interval's.
+                let mut big = vec![0u8; 1 << 20];
+                let idle = &mut self.idle;
+                let _ = parse_proc_stat_cpus(ReadAt::start(&self.stat), &mut big, |n, t| {
+                    if let Some(c) = idle.iter_mut().find(|c| c.cpu == n) {
+                        c.last_stat_idle = t.idle + t.iowait;
+                    }
+                });
             }
             Err(why) => {
                 self.idle.clear();
@@ -367,9 +376,19 @@ impl HostClock {
             let idle = if booked > 0 {
                 // Idle periods ended in this interval; the part of them already booked from
                 // /proc/stat is not booked twice.
-                let fresh = booked.saturating_sub(c.credit);
+                let fresh = booked.saturating_sub(c.credit).min(elapsed);
                 c.credit = 0;
-                fresh
+                // A period that began after the last exit and is still going is in /proc/stat
+                // but not yet in cpuidle. Only a gap beyond /proc/stat's own rounding (one
+                // tick) is taken as such a period, so CPUs that idle often stay at µs.
+                let open = stat_idle.saturating_sub(fresh);
+                let open = if open > tick_ns {
+                    open.min(elapsed - fresh)
+                } else {
+                    0
+                };
+                c.credit = open;
+                fresh + open
             } else {
                 // No idle exit: running all along or idle all along (or since some point).
                 // /proc/stat's per-CPU idle tells which, at tick resolution.
@@ -539,6 +558,31 @@ mod tests {
         t.stat(&[(17, 3, 0), (5, 15, 0)]);
         let (busy, _, _) = interval(&mut h, p, 1_200);
         assert_eq!(busy, 70_000 + 50_000);
+    }
+
+    /// The defect seen live: a CPU that left idle once early in an interval, then fell into a
+    /// long idle period, read as busy for the rest of it (cpuidle 200 ms busy, cgroup cpuacct
+    /// 117 ms, /proc/stat 120 ms on the development VM).
+    #[test]
+    fn idle_period_after_an_exit_read_as_busy_until_it_ends() {
+        let t = Tree::new(1, 1);
+        let mut h = t.open();
+        let base = h.sample(Nanos(1_000 * MS)).unwrap();
+        // 10 ms of short idles, then asleep for the last 60 ms.
+        t.idle_us(0, 0, 10_000);
+        t.stat(&[(3, 7, 0)]);
+        let (busy, _, p) = interval(&mut h, base, 1_100);
+        assert_eq!(busy, 30_000);
+        // The period lasts 40 ms more (100 ms in all), then the CPU runs.
+        t.idle_us(0, 0, 110_000);
+        t.stat(&[(9, 11, 0)]);
+        let (busy, _, p) = interval(&mut h, p, 1_200);
+        assert_eq!(busy, 60_000);
+        // Rounding: /proc/stat one tick above cpuidle is not an open period.
+        t.idle_us(0, 0, 115_000);
+        t.stat(&[(18, 12, 0)]);
+        let (busy, _, _) = interval(&mut h, p, 1_300);
+        assert_eq!(busy, 95_000);
     }
 
     #[test]
