@@ -334,6 +334,13 @@ impl Ledger {
 
         self.collect_active(iv);
         let n_active = self.active.len();
+        if self.domain_mut(iv.domain).watermark == Nanos::ZERO {
+            // The domain's first interval: whatever ran before it was never measured.
+            for &slot in &self.active {
+                let span = &mut self.spans[slot];
+                span.acc.flags.partial_energy |= span.start < iv.start;
+            }
+        }
         if iv.unmeasured {
             for k in 0..n_active {
                 let slot = self.active[k];

@@ -189,6 +189,17 @@ impl Meter {
         Some(report)
     }
 
+    /// Takes the first sample now, when tracing starts: the first interval then begins before
+    /// the first request instead of at the first tick of the loop (a request in between would
+    /// be in no interval at all, priced 0 J).
+    pub fn baseline(&mut self, now: Nanos) {
+        if self.last_tick.0 == 0 {
+            let mut none = Vec::new();
+            self.tick_if_due(now, &mut none);
+            debug_assert!(none.is_empty(), "a first sample releases nothing");
+        }
+    }
+
     /// A last sample, then every held request (shutdown).
     pub fn finish(&mut self, out: &mut Vec<Released>) -> IntervalReport {
         self.tick(out, true)

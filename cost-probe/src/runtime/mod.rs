@@ -158,6 +158,7 @@ impl Session {
             }
         }
         self.tracer.add_target(&added, tags);
+        self.tracer.baseline(monotonic_now().0);
         Ok(added)
     }
 

@@ -128,6 +128,11 @@ impl Tracer {
         }
     }
 
+    /// Samples energy for the first time if it has not yet (see [`Meter::baseline`]).
+    pub fn baseline(&mut self, now: u64) {
+        self.meter.baseline(Nanos(now));
+    }
+
     /// Registers a connection found in /proc at attach time (its first bytes may be
     /// mid-request, so it starts unsynchronised).
     pub fn existing_conn(
