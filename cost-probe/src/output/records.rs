@@ -401,6 +401,7 @@ mod tests {
                 prompt: Some(5),
                 completion: None,
             },
+            timings: None,
             flags,
         };
         let clock = WallClock::fixed(1_700_000_000_000_000_000);

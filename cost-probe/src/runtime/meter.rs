@@ -474,6 +474,7 @@ mod tests {
             bytes_out: 0,
             model: None,
             usage: Usage::default(),
+            timings: None,
             flags: Flags::default(),
         }
     }

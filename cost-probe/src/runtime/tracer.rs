@@ -196,6 +196,8 @@ impl Tracer {
                     self.meter.add_target(conn.tgid);
                     self.meter.started(id, start);
                 }
+                // attribution consumes this: wired in the ledger change
+                SpanEvent::Progress { .. } => {}
                 SpanEvent::Finished(span) => self.meter.finished(span),
             }
         }

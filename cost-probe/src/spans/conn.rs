@@ -3,8 +3,9 @@ use std::{collections::VecDeque, net::SocketAddr};
 
 use super::{
     Flags, Limits, Protocol, RequestSpan, SpanEvent, Stats,
+    detect::{self, Decision},
     http::{self, Framing, HeadParse, Request, RequestParser, ResponseHead, Seg, Upgrade},
-    scan::{self, Usage},
+    scan::{self, ServerTimings, Usage},
 };
 use crate::probe::{ConnId, Direction};
 
@@ -24,75 +25,13 @@ impl Ctx<'_> {
     }
 }
 
-/// A response being written.
-#[derive(Debug, Default)]
-struct Response {
-    /// Header bytes until the header block is complete.
-    buf: Vec<u8>,
-    head: Option<ResponseHead>,
-    first_byte: u64,
-    body: BodyWrites,
-    bytes_out: u64,
-    last_ts: u64,
-    usage: Usage,
-    model: Option<String>,
-    flags: Flags,
-}
+mod response;
+mod turn;
 
-/// What a scan of one write found, applied to the responses it touches.
-struct Write<'a> {
-    usage: Usage,
-    head: &'a [u8],
-    tail: &'a [u8],
-    /// The whole write when head and tail are contiguous (the small record's 512 + 384 bytes
-    /// cover it): scanned as one, so a `usage` or `model` that straddles the seam is found.
-    whole: Option<&'a [u8]>,
-}
-
-/// Head and tail of the small data record, joined (see [`Write::whole`]).
-const JOINED: usize = 512 + 384;
-
-/// Per-write accounting of a response body.
-#[derive(Debug, Default)]
-struct BodyWrites {
-    /// First write carrying body bytes (first token of a stream).
-    first: Option<u64>,
-    /// Writes carrying body bytes (the chunk count of an unframed event stream).
-    writes: u32,
-    /// Writes while chunk framing was lost (added to the chunk count, which is then approximate).
-    lost_writes: u32,
-    /// Timestamp of the last write counted, so a write's head and tail count once.
-    counted_ts: u64,
-}
-
-impl BodyWrites {
-    fn note(&mut self, ts: u64, n: u64) {
-        if n > 0 {
-            self.count(ts, false);
-            self.first.get_or_insert(ts);
-        }
-    }
-
-    fn count(&mut self, ts: u64, lost: bool) {
-        if self.counted_ts != ts {
-            self.counted_ts = ts;
-            if lost {
-                self.lost_writes += 1;
-            } else {
-                self.writes += 1;
-            }
-        }
-    }
-}
-
-/// Turn-taking state for non-HTTP/1 protocols.
-#[derive(Debug)]
-struct Turn {
-    id: u64,
-    start: u64,
-    bytes_in: u64,
-    resp: Option<Response>,
-}
+use self::{
+    response::{JOINED, Response, Write, done_in_write},
+    turn::Turn,
+};
 
 #[derive(Debug)]
 pub(super) struct Conn {
@@ -109,6 +48,10 @@ pub(super) struct Conn {
     pending_flags: Flags,
     /// Reads seen before the protocol could be told (connections first seen mid-stream).
     undecided_reads: u8,
+    /// An accepted connection's first bytes, held until they tell its protocol (see `detect`),
+    /// and the time of the read that brought the first of them.
+    held: Vec<u8>,
+    held_ts: u64,
 }
 
 impl Conn {
@@ -128,6 +71,8 @@ impl Conn {
             turn: None,
             pending_flags: Flags::default(),
             undecided_reads: 0,
+            held: Vec::new(),
+            held_ts: 0,
         }
     }
 
@@ -142,18 +87,18 @@ impl Conn {
     ) {
         let proto = match self.proto {
             Some(p) => p,
+            None if self.accepted => {
+                let whole = tail.is_empty() && head.len() as u64 >= len;
+                match self.detect(ctx, ts, dir, head, whole) {
+                    Some(p) => p,
+                    None => return,
+                }
+            }
             None => {
                 let p = if dir == Direction::In && head.starts_with(http::H2_PREFACE) {
                     Some(Protocol::Http2)
-                } else if dir == Direction::In
-                    && (http::looks_like_request(head)
-                        // Accepted: the parser starts at a request line, whatever its method.
-                        || self.accepted && http::starts_http1(head))
-                {
+                } else if dir == Direction::In && http::looks_like_request(head) {
                     Some(Protocol::Http1)
-                } else if self.accepted {
-                    // From its first byte this is not HTTP: delimit by turn-taking.
-                    Some(Protocol::Tcp)
                 } else if dir == Direction::In {
                     // Seen mid-stream: give a request line a few reads to show up.
                     self.undecided_reads += 1;
@@ -173,6 +118,67 @@ impl Conn {
             (Protocol::Http1, Direction::Out) => self.http_out(ctx, ts, segs, head, tail),
             (_, Direction::In) => self.turn_in(ctx, ts, len),
             (_, Direction::Out) => self.turn_out(ctx, ts, len),
+        }
+    }
+
+    /// Tells an accepted connection's protocol from its client's first bytes, holding back
+    /// reads that could still become a request line (`None`: held, nothing more to do).
+    fn detect(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        ts: u64,
+        dir: Direction,
+        head: &[u8],
+        whole: bool,
+    ) -> Option<Protocol> {
+        let p = if dir == Direction::In {
+            let mut seen = std::mem::take(&mut self.held);
+            seen.extend_from_slice(head);
+            let d = detect::first_bytes(&seen);
+            if seen.len() == head.len() {
+                self.held_ts = ts;
+            }
+            match d {
+                // Only a read captured whole is held: a longer one's head shows the line.
+                Decision::More if whole => {
+                    self.held = seen;
+                    return None;
+                }
+                Decision::Is(p) => {
+                    seen.truncate(seen.len() - head.len());
+                    self.held = seen;
+                    p
+                }
+                Decision::More => {
+                    seen.truncate(seen.len() - head.len());
+                    self.held = seen;
+                    Protocol::Tcp
+                }
+            }
+        } else if !self.held.is_empty() && head.starts_with(b"HTTP/1.") {
+            // The server answered the held bytes as HTTP (a request it rejected part-way).
+            Protocol::Http1
+        } else {
+            // The server spoke first, or answered bytes that are no request line.
+            Protocol::Tcp
+        };
+        self.proto = Some(p);
+        self.replay_held(ctx);
+        Some(p)
+    }
+
+    /// Feeds the bytes held back during detection to the protocol chosen.
+    fn replay_held(&mut self, ctx: &mut Ctx<'_>) {
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() {
+            return;
+        }
+        let ts = self.held_ts;
+        match self.proto {
+            Some(Protocol::Http1) => {
+                self.http_in(ctx, ts, [Seg::Bytes(&held), Seg::Gap(0), Seg::Bytes(&[])]);
+            }
+            _ => self.turn_in(ctx, ts, held.len() as u64),
         }
     }
 
@@ -270,18 +276,32 @@ impl Conn {
                 u
             }
         };
+        let timings = match whole {
+            Some(w) => scan::timings(w),
+            None => match (scan::timings(head), scan::timings(tail)) {
+                (Some(mut a), Some(b)) => {
+                    a.merge(b);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            },
+        };
         let write = Write {
             usage,
+            timings,
             head,
             tail,
             whole,
         };
-        for seg in segs {
-            self.out_seg(ctx, ts, seg, &write);
+        for (i, seg) in segs.into_iter().enumerate() {
+            self.out_seg(ctx, ts, i, seg, &write);
             if self.proto != Some(Protocol::Http1) {
                 return; // switched protocols: the rest of the write is not HTTP
             }
         }
+        let Some(id) = self.queue.front().map(|r| r.id) else {
+            return;
+        };
         let Some(resp) = self.resp.as_mut() else {
             return;
         };
@@ -294,11 +314,18 @@ impl Conn {
                 c.resync_on_tail(last);
                 c.done()
             }
-            Framing::UntilClose => h.event_stream && scan::sse_done(last),
+            Framing::UntilClose if h.event_stream => {
+                // Only this response's own bytes: a `[DONE]` that ended an earlier response in
+                // the same write is not this stream's end.
+                let from = resp.body_at.filter(|b| b.0 == ts).map(|b| (b.1, b.2));
+                done_in_write(head, tail, matches!(segs[1], Seg::Gap(0)), from)
+            }
             _ => false,
         };
         if done {
             self.finish(ctx, ts, Flags::default());
+        } else {
+            resp.progress(id, ctx.out);
         }
     }
 
@@ -309,7 +336,11 @@ impl Conn {
         clippy::many_single_char_names,
         reason = "one state machine over header block, then body framing; split, its states would be passed around"
     )]
-    fn out_seg(&mut self, ctx: &mut Ctx<'_>, ts: u64, seg: Seg<'_>, write: &Write<'_>) {
+    fn out_seg(&mut self, ctx: &mut Ctx<'_>, ts: u64, idx: usize, seg: Seg<'_>, write: &Write<'_>) {
+        let seg_len = match seg {
+            Seg::Bytes(b) => b.len(),
+            Seg::Gap(_) => 0,
+        };
         let mut seg = seg;
         loop {
             if matches!(seg, Seg::Bytes([]) | Seg::Gap(0)) {
@@ -331,12 +362,16 @@ impl Conn {
                 });
             }
             let head_req = self.queue.front().is_some_and(|r| r.method == "HEAD");
+            let connect = self.queue.front().is_some_and(|r| r.method == "CONNECT");
             let upgrade = self.queue.front().and_then(|r| r.upgrade);
             let resp = self.resp.as_mut().expect("set above");
             if resp.last_ts != ts {
                 // First segment of this write for this response.
                 resp.last_ts = ts;
                 resp.usage.merge(write.usage);
+                if let Some(t) = write.timings {
+                    resp.timings.get_or_insert_default().merge(t);
+                }
                 if resp.model.is_none() {
                     resp.model = match write.whole {
                         Some(w) => scan::model(w),
@@ -375,16 +410,19 @@ impl Conn {
                                     resp.flags.set(Flags::MALFORMED);
                                 }
                                 seg = Seg::Bytes(&b[used..]);
-                                if h.status == 101 {
-                                    // Switching Protocols: the span ends with this head, and
-                                    // what follows (WebSocket, h2c) is delimited by turn-taking.
+                                resp.body_at = Some((ts, idx, seg_len - (b.len() - used)));
+                                if h.status == 101 || connect && (200..300).contains(&h.status) {
+                                    // Switching Protocols, or a tunnel opened by CONNECT: the
+                                    // span ends with this head, and what follows (WebSocket,
+                                    // h2c, TLS) is delimited by turn-taking.
                                     resp.head = Some(h);
                                     self.finish(ctx, ts, Flags::default());
-                                    self.proto = Some(if upgrade == Some(Upgrade::H2c) {
-                                        Protocol::Http2
-                                    } else {
-                                        Protocol::Tcp
-                                    });
+                                    self.proto =
+                                        Some(if upgrade == Some(Upgrade::H2c) && !connect {
+                                            Protocol::Http2
+                                        } else {
+                                            Protocol::Tcp
+                                        });
                                     return;
                                 }
                                 if (100..200).contains(&h.status) {
@@ -472,7 +510,10 @@ impl Conn {
             self.resp = None;
             return;
         };
-        let resp = self.resp.take();
+        let mut resp = self.resp.take();
+        if let Some(r) = resp.as_mut() {
+            r.progress(req.id, ctx.out);
+        }
         let mut flags = extra;
         if req.truncated {
             flags.set(Flags::TRUNCATED);
@@ -481,18 +522,16 @@ impl Conn {
             flags.set(Flags::MALFORMED);
         }
         let mut usage = Usage::default();
+        let mut timings = None;
         let model = scan::model(&req.body_head);
         let (status, first_byte, first_chunk, chunks, bytes_out, resp_model) = match resp {
             Some(r) => {
                 flags.set(r.flags);
                 usage = r.usage;
+                timings = r.timings;
                 let (status, chunks) = match &r.head {
                     Some(h) => {
-                        let chunks = match &h.framing {
-                            Framing::Chunked(c) => Some(c.chunks + r.body.lost_writes),
-                            Framing::UntilClose if h.event_stream => Some(r.body.writes),
-                            _ => None,
-                        };
+                        let chunks = r.streamed_chunks();
                         if chunks.is_some() {
                             flags.set(Flags::STREAMED);
                         }
@@ -537,100 +576,34 @@ impl Conn {
             // ignores the requested name).
             model: resp_model.or(model),
             usage,
-            flags,
-        }));
-    }
-
-    // -- Turn-taking (HTTP/2, other TCP) --------------------------------------------------------
-
-    fn turn_in(&mut self, ctx: &mut Ctx<'_>, ts: u64, len: u64) {
-        if self.turn.as_ref().is_some_and(|t| t.resp.is_some()) {
-            self.finish_turn(ctx, None, Flags::default());
-        }
-        if self.turn.is_none() {
-            let id = ctx.new_id();
-            ctx.out.push(SpanEvent::Started {
-                id,
-                conn: ctx.conn,
-                start: ts,
-            });
-            self.turn = Some(Turn {
-                id,
-                start: ts,
-                bytes_in: 0,
-                resp: None,
-            });
-        }
-        if let Some(t) = self.turn.as_mut() {
-            t.bytes_in += len;
-        }
-    }
-
-    fn turn_out(&mut self, ctx: &mut Ctx<'_>, ts: u64, len: u64) {
-        let Some(t) = self.turn.as_mut() else {
-            ctx.stats.unsolicited_writes += 1;
-            return;
-        };
-        let r = t.resp.get_or_insert_with(|| Response {
-            first_byte: ts,
-            ..Response::default()
-        });
-        r.bytes_out += len;
-        r.last_ts = ts;
-        r.body.count(ts, false);
-    }
-
-    fn finish_turn(&mut self, ctx: &mut Ctx<'_>, closed_at: Option<u64>, extra: Flags) {
-        let Some(t) = self.turn.take() else {
-            return;
-        };
-        let proto = self.proto.unwrap_or(Protocol::Tcp);
-        let mut flags = extra;
-        if proto == Protocol::Http2 {
-            flags.set(Flags::APPROXIMATE);
-        }
-        let end = match (&t.resp, closed_at) {
-            (Some(r), _) => r.last_ts,
-            (None, Some(c)) => {
-                flags.set(Flags::NO_RESPONSE);
-                c
-            }
-            (None, None) => t.start,
-        };
-        ctx.out.push(SpanEvent::Finished(RequestSpan {
-            id: t.id,
-            conn: ctx.conn,
-            local: self.local,
-            peer: self.peer,
-            protocol: proto,
-            method: None,
-            path: None,
-            status: None,
-            start: t.start,
-            end,
-            first_byte: t.resp.as_ref().map(|r| r.first_byte),
-            first_chunk: None,
-            chunks: t.resp.as_ref().map(|r| r.body.writes),
-            bytes_in: t.bytes_in,
-            bytes_out: t.resp.as_ref().map_or(0, |r| r.bytes_out),
-            model: None,
-            usage: Usage::default(),
+            timings,
             flags,
         }));
     }
 
     /// The connection ended (close, process exit, shutdown). `abrupt` marks in-flight spans
     /// partial even when their framing allowed an end at close.
-    pub fn close(&mut self, conn: ConnId, ts: u64, abrupt: bool, out: &mut Vec<SpanEvent>) {
-        let mut next_id = 0;
+    pub fn close(
+        &mut self,
+        conn: ConnId,
+        ts: u64,
+        abrupt: bool,
+        next_id: &mut u64,
+        out: &mut Vec<SpanEvent>,
+    ) {
         let mut stats = Stats::default();
         let mut ctx = Ctx {
             conn,
-            next_id: &mut next_id,
+            next_id,
             limits: Limits::default(),
             stats: &mut stats,
             out,
         };
+        // Bytes held back while the protocol was undecided were still sent: a turn of their own.
+        if self.proto.is_none() && !self.held.is_empty() {
+            self.proto = Some(Protocol::Tcp);
+            self.replay_held(&mut ctx);
+        }
         if self.turn.is_some() {
             let flags = if abrupt {
                 Flags::PARTIAL

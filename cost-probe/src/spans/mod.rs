@@ -3,6 +3,7 @@
 //! Pure: events in, spans out; no I/O and no clocks (timestamps come from the events).
 //! DESIGN.md "Request boundaries" describes the rules; the per-connection logic is in `conn`.
 mod conn;
+mod detect;
 pub mod http;
 mod lenient;
 pub mod scan;
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use rustc_hash::FxHashMap as HashMap;
 
 use self::conn::Conn;
-pub use self::scan::Usage;
+pub use self::scan::{ServerTimings, Usage};
 use crate::probe::{ConnId, Event};
 
 /// How a connection's requests were delimited.
@@ -70,7 +71,7 @@ impl Flags {
 }
 
 /// One request and its response.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RequestSpan {
     /// Unique per builder; the same id was announced in [`SpanEvent::Started`].
     pub id: u64,
@@ -95,11 +96,13 @@ pub struct RequestSpan {
     pub bytes_out: u64,
     pub model: Option<String>,
     pub usage: Usage,
+    /// What the server reported it spent on the request (llama.cpp `timings`, Ollama durations).
+    pub timings: Option<ServerTimings>,
     pub flags: Flags,
 }
 
 /// What the builder reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[expect(
     clippy::large_enum_variant,
     reason = "moved through one reused Vec; boxing would add an allocation per request"
@@ -110,6 +113,17 @@ pub enum SpanEvent {
         id: u64,
         conn: ConnId,
         start: u64,
+    },
+    /// A write of a streamed response (chunked, or an event stream) carried body chunks: HTTP
+    /// chunks, or for an unframed event stream the write itself. Emitted for each such write
+    /// from the first on, between the span's `Started` and `Finished`; the `chunks` of one span
+    /// sum to its finished `chunks`. Never for a body framed by Content-Length.
+    Progress {
+        id: u64,
+        /// Monotonic ns of the write.
+        at: u64,
+        /// Chunks the write carried (at least 1).
+        chunks: u32,
     },
     Finished(RequestSpan),
 }
@@ -216,7 +230,7 @@ impl SpanBuilder {
             }
             Event::Close { ts, conn } => {
                 if let Some(mut c) = self.conns.remove(&conn) {
-                    c.close(conn, ts, false, out);
+                    c.close(conn, ts, false, &mut self.next_id, out);
                 }
             }
             Event::ProcExit { ts, tgid } => {
@@ -228,7 +242,7 @@ impl SpanBuilder {
                     .collect();
                 for k in gone {
                     if let Some(mut c) = self.conns.remove(&k) {
-                        c.close(k, ts, true, out);
+                        c.close(k, ts, true, &mut self.next_id, out);
                         self.ended_by_exit.push(k);
                     }
                 }
@@ -243,7 +257,7 @@ impl SpanBuilder {
         let mut all: Vec<(ConnId, Conn)> = self.conns.drain().collect();
         all.sort_by_key(|(k, _)| *k);
         for (k, mut c) in all {
-            c.close(k, ts, true, out);
+            c.close(k, ts, true, &mut self.next_id, out);
         }
     }
 
@@ -277,7 +291,7 @@ impl SpanBuilder {
             .collect();
         for k in stale {
             if let Some(mut c) = self.conns.remove(&k) {
-                c.close(k, ts, false, out);
+                c.close(k, ts, false, &mut self.next_id, out);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Finding the few JSON values we need (model, token usage) in partial payload bytes.
 //!
 //! Bodies arrive as bounded head/tail slices, so a full JSON parse is usually impossible; a key
-//! scan tolerates truncation. Only exact keys of the OpenAI-compatible and Ollama schemas count.
+//! scan tolerates truncation. Only exact keys of the OpenAI-compatible, llama.cpp and Ollama
+//! schemas count.
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
@@ -17,6 +18,15 @@ struct Finders {
     eval_count: Finder<'static>,
     model: Finder<'static>,
     done: Finder<'static>,
+    timings: Finder<'static>,
+    duration_gate: Finder<'static>,
+    prompt_n: Finder<'static>,
+    prompt_ms: Finder<'static>,
+    predicted_n: Finder<'static>,
+    predicted_ms: Finder<'static>,
+    cache_n: Finder<'static>,
+    prompt_eval_duration: Finder<'static>,
+    eval_duration: Finder<'static>,
 }
 
 static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
@@ -28,6 +38,15 @@ static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
     eval_count: Finder::new(b"\"eval_count\""),
     model: Finder::new(b"\"model\""),
     done: Finder::new(b"data: [DONE]"),
+    timings: Finder::new(b"\"timings\""),
+    duration_gate: Finder::new(b"eval_duration\""),
+    prompt_n: Finder::new(b"\"prompt_n\""),
+    prompt_ms: Finder::new(b"\"prompt_ms\""),
+    predicted_n: Finder::new(b"\"predicted_n\""),
+    predicted_ms: Finder::new(b"\"predicted_ms\""),
+    cache_n: Finder::new(b"\"cache_n\""),
+    prompt_eval_duration: Finder::new(b"\"prompt_eval_duration\""),
+    eval_duration: Finder::new(b"\"eval_duration\""),
 });
 
 /// Token counts reported by the server.
@@ -113,6 +132,92 @@ pub fn usage(bytes: &[u8]) -> Usage {
     }
 }
 
+/// What the server says it spent on a request: llama.cpp's `timings` object, or Ollama's
+/// `prompt_eval_*` and `eval_*` counts and durations. Each figure is finite and non-negative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ServerTimings {
+    /// Prompt tokens evaluated (llama.cpp: not counting those reused from its cache).
+    pub prompt_n: Option<u64>,
+    pub prompt_ms: Option<f64>,
+    /// Tokens generated.
+    pub predicted_n: Option<u64>,
+    pub predicted_ms: Option<f64>,
+    /// Prompt tokens reused from the server's cache (llama.cpp `cache_n`).
+    pub cached_n: Option<u64>,
+}
+
+impl ServerTimings {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Later values win, field by field (a stream's last chunk carries the totals).
+    pub fn merge(&mut self, newer: ServerTimings) {
+        fn take<T>(old: &mut Option<T>, new: Option<T>) {
+            if new.is_some() {
+                *old = new;
+            }
+        }
+        take(&mut self.prompt_n, newer.prompt_n);
+        take(&mut self.prompt_ms, newer.prompt_ms);
+        take(&mut self.predicted_n, newer.predicted_n);
+        take(&mut self.predicted_ms, newer.predicted_ms);
+        take(&mut self.cached_n, newer.cached_n);
+    }
+}
+
+/// A non-negative finite number after `"key":`; like [`int_after`], one cut off by the end of
+/// the bytes is not trusted.
+fn float_after(bytes: &[u8], key: &Finder<'_>) -> Option<f64> {
+    let v = value_after(bytes, key)?;
+    let n = v
+        .iter()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-'))
+        .count();
+    if n == 0 || n == v.len() {
+        return None;
+    }
+    let x: f64 = std::str::from_utf8(&v[..n]).ok()?.parse().ok()?;
+    (x.is_finite() && x >= 0.0).then_some(x)
+}
+
+/// Server-reported timings in these bytes, if any (see [`ServerTimings`]).
+#[must_use]
+pub fn timings(bytes: &[u8]) -> Option<ServerTimings> {
+    let f = &*FIND;
+    let mut t = ServerTimings::default();
+    // llama.cpp: the last `"timings":{...}` object (flat: no nested object ends it early).
+    let mut from = None;
+    let mut at = 0;
+    while let Some(i) = f.timings.find(&bytes[at..]) {
+        at += i + f.timings.needle().len();
+        from = Some(at);
+    }
+    if let Some(from) = from {
+        let obj = &bytes[from..];
+        let obj = match memchr::memchr(b'}', obj) {
+            // Keep the brace: a number must be followed by something to be trusted.
+            Some(end) => &obj[..=end],
+            None => obj,
+        };
+        t.prompt_n = int_after(obj, &f.prompt_n);
+        t.prompt_ms = float_after(obj, &f.prompt_ms);
+        t.predicted_n = int_after(obj, &f.predicted_n);
+        t.predicted_ms = float_after(obj, &f.predicted_ms);
+        t.cached_n = int_after(obj, &f.cache_n);
+    }
+    // Ollama: durations in ns, next to the counts `usage` reads.
+    if t.is_empty() && f.duration_gate.find(bytes).is_some() {
+        let ms = |key| float_after(bytes, key).map(|ns| ns / 1e6);
+        t.prompt_n = int_after(bytes, &f.prompt_eval_count);
+        t.prompt_ms = ms(&f.prompt_eval_duration);
+        t.predicted_n = int_after(bytes, &f.eval_count);
+        t.predicted_ms = ms(&f.eval_duration);
+    }
+    (!t.is_empty()).then_some(t)
+}
+
 /// The `"model"` string value, if complete in these bytes.
 #[must_use]
 pub fn model(bytes: &[u8]) -> Option<String> {
@@ -173,6 +278,40 @@ mod tests {
     fn total_of_huge_counts_saturates() {
         let b = br#"{"prompt_tokens":18446744073709551615,"completion_tokens":2}"#;
         assert_eq!(usage(b).total(), Some(u64::MAX));
+    }
+
+    /// Ollama's final object (its API docs' shape): durations in ns become ms.
+    #[test]
+    fn ollama_durations_become_timings() {
+        let b = br#"{"model":"llama3","done":true,"total_duration":5589157167,"prompt_eval_count":26,"prompt_eval_duration":130079000,"eval_count":259,"eval_duration":4232710000}"#;
+        assert_eq!(
+            timings(b),
+            Some(ServerTimings {
+                prompt_n: Some(26),
+                prompt_ms: Some(130.079),
+                predicted_n: Some(259),
+                predicted_ms: Some(4232.71),
+                cached_n: None,
+            })
+        );
+    }
+
+    /// Only finite, non-negative figures count; a number cut by the capture's end is dropped.
+    #[test]
+    fn timings_that_are_not_finite_non_negative_numbers_are_dropped() {
+        let b = br#""timings":{"cache_n":-1,"prompt_n":3,"prompt_ms":-4.5,"predicted_n":2,"predicted_ms":1e999}"#;
+        let t = timings(b).unwrap();
+        assert_eq!(
+            (t.cached_n, t.prompt_n, t.predicted_n),
+            (None, Some(3), Some(2))
+        );
+        assert_eq!((t.prompt_ms, t.predicted_ms), (None, None));
+        assert_eq!(timings(br#""timings":{"prompt_ms":12.5"#), None);
+        assert_eq!(timings(br#""timings":{"prompt_ms":nan,"x":1}"#), None);
+        assert_eq!(timings(b"no timings here"), None);
+        // A `prompt_n` outside the object is not the object's.
+        let t = timings(br#"{"prompt_n":9,"timings":{"predicted_n":4}}"#).unwrap();
+        assert_eq!((t.prompt_n, t.predicted_n), (None, Some(4)));
     }
 
     #[test]

@@ -29,7 +29,7 @@ fn run(events: &[OwnedEvent]) -> (Vec<RequestSpan>, usize) {
         .into_iter()
         .filter_map(|e| match e {
             SpanEvent::Finished(s) => Some(s),
-            SpanEvent::Started { .. } => None,
+            SpanEvent::Started { .. } | SpanEvent::Progress { .. } => None,
         })
         .collect();
     (spans, started)
@@ -609,6 +609,7 @@ proptest! {
         for e in &out {
             match e {
                 SpanEvent::Started { id, .. } => prop_assert!(open.insert(*id)),
+                SpanEvent::Progress { id, .. } => prop_assert!(open.contains(id)),
                 SpanEvent::Finished(s) => {
                     prop_assert!(open.remove(&s.id), "finished twice or never started: {}", s.id);
                     prop_assert!(s.end >= s.start);
@@ -745,3 +746,5 @@ fn pipelined_requests_cut_by_the_capture_keep_their_times() {
         assert!(s.start >= 2_000 && s.start <= s.end, "{s:?}");
     }
 }
+
+mod streams;
