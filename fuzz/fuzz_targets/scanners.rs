@@ -1,10 +1,10 @@
-//! The payload scanners (`spans::scan`: usage, model, the SSE terminator) and the framing
+//! The payload scanners (`spans::scan`: usage, server timings, model, the SSE terminator) and the framing
 //! parsers a response body meets (`spans::http`: chunked coding, response heads).
 //!
 //! The first input byte picks the check:
 //!
-//! - 0: every scanner and parser on the rest as raw bytes: no panic, and `sse_done` agrees with
-//!   a plain substring search.
+//! - 0: every scanner and parser on the rest as raw bytes: no panic, `sse_done` agrees with
+//!   a plain substring search, and the server timings found are finite and non-negative.
 //! - 1, 2: **usage differential**. A JSON-ish body: arbitrary bytes, then a `usage` object with
 //!   arbitrary numbers as `prompt_tokens` (1) or `prompt_eval_count` (2), with JSON whitespace
 //!   around the colons, then arbitrary bytes. `usage` must return exactly those numbers (unless
@@ -64,6 +64,12 @@ fn raw(b: &[u8]) {
     let u = scan::usage(b);
     let _ = (u.total(), u.is_empty());
     let _ = scan::model(b);
+    if let Some(t) = scan::timings(b) {
+        assert!(!t.is_empty(), "empty timings reported: {t:?}");
+        for v in [t.prompt_ms, t.predicted_ms].into_iter().flatten() {
+            assert!(v.is_finite() && v >= 0.0, "timings: {t:?}");
+        }
+    }
     assert_eq!(scan::sse_done(b), contains(b, b"data: [DONE]"));
     let _ = parse_response_head(b, false);
     let _ = parse_response_head(b, true);

@@ -301,3 +301,35 @@ fn a_websocket_upgrade_is_one_101_record_and_its_frames_are_not_http() {
     }
     assert_eq!(records.summary()["totals"]["lost_events"], 0);
 }
+
+/// #10 (fuzzing): a client that writes its first request line in two writes (`GE`, then the
+/// rest) made the whole connection turn-taking TCP, with no HTTP record. nginx reads the two
+/// pieces apart (the client waits between them): both requests on the connection are HTTP
+/// records, as many as the access log has lines.
+#[test]
+fn a_first_request_line_written_in_two_pieces_is_http() {
+    require_kernel!();
+    let nginx = Nginx::start(1, &[("a.txt", b"a")]);
+    let probe = Attach::start(nginx.master.pid(), &[]);
+    let mut c = Client::connect(nginx.port);
+    c.send(b"GE");
+    std::thread::sleep(Duration::from_millis(100));
+    let sent = c.send(b"T /a.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read_response(sent).status, 200);
+    assert_eq!(c.get("/a.txt").status, 200);
+    drop(c);
+    let records = probe.stop();
+    let spans = records.requests();
+    assert_eq!(nginx.access_log().len(), 2, "nginx answered both");
+    let got: Vec<_> = spans
+        .iter()
+        .map(|r| (r["protocol"].as_str().unwrap_or("?"), seen(r)))
+        .collect();
+    let http = ("http1", ("/a.txt".to_owned(), 200, vec![]));
+    assert_eq!(got, [http.clone(), http], "{spans:#?}");
+    assert_eq!(
+        spans[0]["bytes"]["in"],
+        b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n".len()
+    );
+    assert_eq!(records.summary()["totals"]["lost_events"], 0);
+}

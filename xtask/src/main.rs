@@ -321,6 +321,14 @@ fn test(filter: &[String]) -> anyhow::Result<()> {
     ]))?;
     run(cargo().args(["test", "--workspace", "--exclude", "cost-probe-tests"]))?;
     fuzz::run(15, &[])?;
+    // The fuzz crate is its own workspace, built with nightly (installed by the run above), so
+    // the workspace clippy does not see it.
+    run(Command::new("cargo")
+        .args(["+nightly", "clippy", "--manifest-path", "fuzz/Cargo.toml"])
+        .args(["--all-targets", "--", "-D", "warnings"])
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("AYA_BUILD_SKIP", "1"))?;
     // The integration tests drive the release build: at tens of thousands of requests per
     // second on 2 cores a debug consumer falls behind the ring buffer (and says so with `lost`).
     build_release()?;
