@@ -8,10 +8,10 @@ use std::{borrow::Cow, collections::BTreeMap, net::SocketAddr};
 
 use arbitrary::Arbitrary;
 use cost_probe::{
-    attribution::EnergyJoules,
+    attribution::{EnergyJoules, SplitMethod},
     output::{
         SecondCache, WallClock,
-        records::{Bytes, Conn, Envelope, FlagList, Http, RequestRecord, Tokens},
+        records::{Attribution, Bytes, Conn, Envelope, FlagList, Http, RequestRecord, Tokens},
     },
     pricing::CostUsd,
     spans::Protocol,
@@ -41,6 +41,8 @@ struct Input {
     per_1k: Option<f64>,
     tags: BTreeMap<String, String>,
     flags: u16,
+    /// Last, so the committed corpus keeps its meaning for the fields before it.
+    attribution: Option<(u8, [Option<f64>; 4])>,
 }
 
 const FLAGS: [&str; 8] = [
@@ -97,6 +99,21 @@ fuzz_target!(|i: Input| {
             capacity,
             total,
         }),
+        attribution: i
+            .attribution
+            .map(
+                |(m, [queue_ms, prefill_ms, prefill_j, decode_j])| Attribution {
+                    method: [
+                        SplitMethod::Timings,
+                        SplitMethod::Stream,
+                        SplitMethod::Overlap,
+                    ][usize::from(m % 3)],
+                    queue_ms,
+                    prefill_ms,
+                    prefill_j,
+                    decode_j,
+                },
+            ),
         co2_g: i.co2,
         usd_per_1k_tokens: i.per_1k,
         tags: Cow::Borrowed(&i.tags),
