@@ -93,8 +93,7 @@ fn run(events: &[OwnedEvent]) -> usize {
         for s in out.drain(..) {
             match s {
                 SpanEvent::Started { id, start, .. } => ledger.span_started(id, Nanos(start)),
-                // attribution consumes this: wired in the ledger change
-                SpanEvent::Progress { .. } => {}
+                SpanEvent::Progress { id, at, .. } => ledger.span_progress(id, Nanos(at)),
                 SpanEvent::Finished(span) => {
                     let tokens = span.usage.completion;
                     ledger.span_ended(span.id, Nanos(span.end), tokens);

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::{
     attribution::{
         DomainId, DomainInterval, DomainSplit, EnergyKind, IntervalReport, Ledger, RequestEnergy,
-        Share, WorkHints,
+        ServerWork, Share, WorkHints,
     },
     energy::{
         DomainClass, Roots,
@@ -21,7 +21,7 @@ use crate::{
         sampler::{Sampler, SamplerBuilder, SamplerConfig, Snapshot},
     },
     rules::Rules,
-    spans::RequestSpan,
+    spans::{RequestSpan, ServerTimings},
     units::{MicroJoules, Nanos},
 };
 
@@ -159,7 +159,7 @@ impl Meter {
             tokens: span.usage.total(),
             prompt_tokens: span.usage.prompt,
             bytes_in: span.bytes_in,
-            server: None,
+            server: span.timings.as_ref().and_then(server_work),
         };
         self.ledger.span_finished(span.id, Nanos(span.end), hints);
         self.held.insert(span.id, span);
@@ -378,6 +378,17 @@ impl Meter {
     pub fn gpu_model(&self) -> Option<&str> {
         self.sampler.gpus().next().and_then(|g| g.name.as_deref())
     }
+}
+
+/// The server's own account of its work, when it gave both phases (llama.cpp `timings`, Ollama
+/// durations). Only one of them says nothing of where a non-streamed request's work began.
+fn server_work(t: &ServerTimings) -> Option<ServerWork> {
+    let ms = |x: f64| Nanos((x * 1e6) as u64);
+    Some(ServerWork {
+        prefill: ms(t.prompt_ms?),
+        decode: ms(t.predicted_ms?),
+        prefill_tokens: t.prompt_n,
+    })
 }
 
 /// NVML said the GPU did nothing over its last sample period: its power is idle power.

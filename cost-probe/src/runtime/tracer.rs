@@ -196,8 +196,7 @@ impl Tracer {
                     self.meter.add_target(conn.tgid);
                     self.meter.started(id, start);
                 }
-                // attribution consumes this: wired in the ledger change
-                SpanEvent::Progress { .. } => {}
+                SpanEvent::Progress { id, at, .. } => self.meter.progress(id, at),
                 SpanEvent::Finished(span) => self.meter.finished(span),
             }
         }
