@@ -6,9 +6,10 @@
 //! queue, is prefilled (the prompt goes through the model), then decodes (one chunk per token or
 //! few tokens) until it ends. Only arrival, the first chunk and the end are observable on the
 //! wire; where prefill began is inferred, in order of precedence:
-//! 1. **timings**: the server reported its own (llama.cpp `timings`, Ollama durations): prefill
-//!    began `prompt_ms` before the first chunk (a stream) or `prompt_ms + predicted_ms` before
-//!    the end (a non-streamed response, whose body is written at the end);
+//! 1. **timings**: the server reported its own (llama.cpp `timings`, Ollama durations): the
+//!    work began `prompt_ms + predicted_ms` before the end (a non-streamed response, whose body
+//!    is written at the end), or `prompt_ms` before the first chunk of a stream if that is
+//!    earlier (a client that reads slowly makes the end trail the work);
 //! 2. **stream**: a streamed response without timings: prefill took `rate × prompt size`, the
 //!    rate learned from requests that arrived while the server had nothing else in flight (their
 //!    time to first chunk is all prefill), capped at the observed time to first chunk;
@@ -192,11 +193,17 @@ pub fn windows(facts: &SpanFacts, rates: &PrefillRates) -> WorkWindows {
     };
     let server = facts.hints.and_then(|h| h.server);
     match (facts.first_chunk, server) {
-        (Some(fc), Some(s)) => phased(facts.start, fc, end, s.prefill, SplitMethod::Timings),
-        (None, Some(s)) if facts.end.is_some() => {
-            // Non-streamed: the body goes out at the end, so the work ends there.
+        (fc, Some(s)) if facts.end.is_some() => {
+            // The work ended by the response's end: a non-streamed body goes out then, and so
+            // does a "stream" whose chunks were buffered to the end. A stream that really
+            // streamed has its prefill end at the first chunk; when the client read slowly, the
+            // chunks trail the work, and the first chunk places it better than the end does.
             let work = Nanos(s.prefill.0.saturating_add(s.decode.0));
-            let work_start = Nanos(end.0.saturating_sub(work.0)).max(facts.start);
+            let mut work_start = Nanos(end.0.saturating_sub(work.0));
+            if let Some(fc) = fc {
+                work_start = work_start.min(Nanos(fc.0.saturating_sub(s.prefill.0)));
+            }
+            let work_start = work_start.max(facts.start);
             let split = Nanos(work_start.0.saturating_add(s.prefill.0)).min(end);
             WorkWindows {
                 method: SplitMethod::Timings,
@@ -273,6 +280,30 @@ mod tests {
             w.decode,
             Window {
                 start: ms(600),
+                end: ms(1000)
+            }
+        );
+    }
+
+    #[test]
+    fn a_chunked_body_written_at_the_end_is_not_taken_for_a_stream() {
+        // One chunk, at the end: the work is the timings' length before the end.
+        let f = SpanFacts {
+            start: ms(0),
+            end: Some(ms(1000)),
+            first_chunk: Some(ms(999)),
+            hints: Some(hints(Some(ServerWork {
+                prefill: ms(100),
+                decode: ms(300),
+                prefill_tokens: None,
+            }))),
+        };
+        let w = windows(&f, &PrefillRates::default());
+        assert_eq!(w.work_start(), ms(600));
+        assert_eq!(
+            w.decode,
+            Window {
+                start: ms(700),
                 end: ms(1000)
             }
         );
