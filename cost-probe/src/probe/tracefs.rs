@@ -171,37 +171,11 @@ fn offset_of(fields: &[Field], name: &str, tp: &str) -> Result<u32, ProbeError> 
 }
 
 /// Reads the offsets the kernel side needs and checks that every syscall tracepoint we attach
-/// has the layout the kernel side is compiled with ([`TpOffsets::SYSCALLS`]: `__syscall_nr` then
-/// 8-byte arguments).
-pub fn offsets(root: &Path, enter: &[&str]) -> Result<TpOffsets, ProbeError> {
-    let want = TpOffsets::SYSCALLS;
-    for tp in enter {
-        let fields = read_fields(root, "syscalls", tp)?;
-        let path = || PathBuf::from(format!("syscalls/{tp}"));
-        let nr = offset_of(&fields, "__syscall_nr", tp)?;
-        if nr != want.enter_nr {
-            return Err(ProbeError::Format {
-                path: path(),
-                why: format!(
-                    "`__syscall_nr` at offset {nr}; cost-probe's eBPF side is built for {}",
-                    want.enter_nr
-                ),
-            });
-        }
-        let args = fields.iter().filter(|f| f.offset > nr);
-        for (i, f) in args.enumerate() {
-            let at = want.enter_args + 8 * i as u32;
-            if f.offset != at || f.size != 8 {
-                return Err(ProbeError::Format {
-                    path: path(),
-                    why: format!(
-                        "argument {i} (`{}`) at offset {} size {}; cost-probe's eBPF side is \
-                         built for offset {at} size 8",
-                        f.name, f.offset, f.size
-                    ),
-                });
-            }
-        }
+/// has the layout the kernel side is compiled with ([`TpOffsets::SYSCALLS`]: `__syscall_nr`,
+/// then 8-byte arguments at enter or the 8-byte `ret` at exit).
+pub fn offsets(root: &Path, syscalls: &[&str]) -> Result<TpOffsets, ProbeError> {
+    for tp in syscalls {
+        check_syscall_layout(tp, &read_fields(root, "syscalls", tp)?)?;
     }
     let fork_child_pid = offset_of(
         &read_fields(root, "sched", "sched_process_fork")?,
@@ -210,8 +184,47 @@ pub fn offsets(root: &Path, enter: &[&str]) -> Result<TpOffsets, ProbeError> {
     )?;
     Ok(TpOffsets {
         fork_child_pid,
-        ..want
+        ..TpOffsets::SYSCALLS
     })
+}
+
+/// Checks one `syscalls:*` format against the layout compiled into the kernel side.
+fn check_syscall_layout(tp: &str, fields: &[Field]) -> Result<(), ProbeError> {
+    let want = TpOffsets::SYSCALLS;
+    let wrong = |why: String| ProbeError::Format {
+        path: PathBuf::from(format!("syscalls/{tp}")),
+        why,
+    };
+    let nr = offset_of(fields, "__syscall_nr", tp)?;
+    if nr != want.enter_nr {
+        return Err(wrong(format!(
+            "`__syscall_nr` at offset {nr}; cost-probe's eBPF side is built for {}",
+            want.enter_nr
+        )));
+    }
+    if tp.starts_with("sys_exit_") {
+        let ret = fields.iter().find(|f| f.name == "ret");
+        return match ret {
+            Some(f) if f.offset == want.exit_ret && f.size == 8 => Ok(()),
+            Some(f) => Err(wrong(format!(
+                "`ret` at offset {} size {}; cost-probe's eBPF side is built for offset {} size 8",
+                f.offset, f.size, want.exit_ret
+            ))),
+            None => Err(wrong("no field `ret`".into())),
+        };
+    }
+    let args = fields.iter().filter(|f| f.offset > nr);
+    for (i, f) in args.enumerate() {
+        let at = want.enter_args + 8 * i as u32;
+        if f.offset != at || f.size != 8 {
+            return Err(wrong(format!(
+                "argument {i} (`{}`) at offset {} size {}; cost-probe's eBPF side is built for \
+                 offset {at} size 8",
+                f.name, f.offset, f.size
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,6 +303,32 @@ print fmt: \"fd: 0x%08lx, buff: 0x%08lx, len: 0x%08lx, flags: 0x%08lx, addr: 0x%
         let f = parse_format(FORK.as_bytes()).unwrap();
         assert_eq!(offset_of(&f, "child_pid", "fork").unwrap(), 20);
         assert_eq!(f[4].name, "parent_comm");
+    }
+
+    // Captured from events/syscalls/sys_exit_read/format on the same VM.
+    const EXIT_READ: &str = "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;
+";
+
+    #[test]
+    fn exit_layout_is_checked_for_ret_and_enter_layout_for_arguments() {
+        let exit = parse_format(EXIT_READ.as_bytes()).unwrap();
+        check_syscall_layout("sys_exit_read", &exit).unwrap();
+        check_syscall_layout(
+            "sys_enter_sendto",
+            &parse_format(SENDTO.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        // The exit program reads `ret` at a compiled-in offset: a kernel that moved it is refused.
+        let moved = EXIT_READ.replace("offset:16;\tsize:8", "offset:24;\tsize:8");
+        let err = check_syscall_layout("sys_exit_read", &parse_format(moved.as_bytes()).unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("`ret` at offset 24"), "{err}");
     }
 
     #[test]
