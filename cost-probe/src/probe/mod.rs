@@ -63,11 +63,16 @@ pub enum ProbeError {
         "tracing needs root, or CAP_BPF and CAP_PERFMON (and CAP_SYS_ADMIN to mount tracefs); this process has {0}"
     )]
     Privileges(String),
-    #[error("cannot mount tracefs at {path}: {source}")]
+    #[error(
+        "tracefs is not mounted, and mounting it at {path} failed: {source}; mount it once as \
+         root (`mount -t tracefs nodev {path}`) or run with CAP_SYS_ADMIN"
+    )]
     Tracefs {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}", tracefs::unreadable_message(path, *mode, *uid))]
+    TracefsUnreadable { path: PathBuf, mode: u32, uid: u32 },
     #[error("kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF) is needed: {0}")]
     Btf(String),
     #[error("tracepoint format {path}: {why}")]

@@ -16,8 +16,14 @@ const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/traci
 
 /// Returns the tracefs root, mounting it at `/sys/kernel/tracing` if no mount has the events.
 pub fn ensure_mounted() -> Result<PathBuf, ProbeError> {
-    if let Some(dir) = find() {
-        return Ok(dir);
+    match lookup() {
+        Lookup::Found(dir) => return Ok(dir),
+        // Mounting again would not help (and fails without CAP_SYS_ADMIN, which used to be all
+        // the user was told): the mount is there, this user may not read it.
+        Lookup::Unreadable { path, mode, uid } => {
+            return Err(ProbeError::TracefsUnreadable { path, mode, uid });
+        }
+        Lookup::Missing => {}
     }
     let target = Path::new(TRACEFS_DIRS[0]);
     let c_target = CString::new(TRACEFS_DIRS[0]).expect("no NUL in a literal");
@@ -96,13 +102,18 @@ pub fn lookup_in(dirs: &[PathBuf]) -> Lookup {
     denied.unwrap_or(Lookup::Missing)
 }
 
-/// What `doctor` says of a tracefs this user cannot read.
+/// What `doctor` and `attach` say of a tracefs this user cannot read. `CAP_BPF` and `CAP_PERFMON`
+/// are not enough: the `syscalls:*` tracepoints exist only as tracefs events (they are not raw
+/// tracepoints), `perf_event_open` attaches them by the id in their tracefs `id` file, and the
+/// record layout comes from their `format` file. Both files are mode 0440 under a 0700 root.
 #[must_use]
 pub fn unreadable_message(path: &Path, mode: u32, uid: u32) -> String {
     format!(
-        "mounted at {} but not readable by this user (mode {mode:04o}, owner uid {uid}): \
-         needs root (or CAP_DAC_READ_SEARCH)",
-        path.display()
+        "tracefs is mounted at {p} but not readable by this user (mode {mode:04o}, owner uid \
+         {uid}); CAP_BPF and CAP_PERFMON are not enough, since the syscall tracepoints are \
+         attached by the ids in tracefs: run as root, add CAP_DAC_READ_SEARCH, or remount it \
+         for a group this user is in (`mount -o remount,mode=0750,gid=GROUP {p}`)",
+        p = path.display()
     )
 }
 
@@ -262,11 +273,38 @@ print fmt: \"fd: 0x%08lx, buff: 0x%08lx, len: 0x%08lx, flags: 0x%08lx, addr: 0x%
         assert_eq!(lookup_in(&[a.clone(), b.clone()]), Lookup::Missing);
         std::fs::create_dir_all(b.join("events/syscalls")).unwrap();
         assert_eq!(lookup_in(&[a, b.clone()]), Lookup::Found(b));
-        assert_eq!(
-            unreadable_message(Path::new("/sys/kernel/tracing"), 0o700, 0),
-            "mounted at /sys/kernel/tracing but not readable by this user (mode 0700, owner uid \
-             0): needs root (or CAP_DAC_READ_SEARCH)"
+        let msg = unreadable_message(Path::new("/sys/kernel/tracing"), 0o700, 0);
+        assert!(
+            msg.starts_with(
+                "tracefs is mounted at /sys/kernel/tracing but not readable by this user (mode \
+                 0700, owner uid 0)"
+            ),
+            "{msg}"
         );
+    }
+
+    /// Regression (#10.12, attach side): a user with `CAP_BPF` and `CAP_PERFMON` was told "cannot
+    /// mount tracefs" when tracefs was mounted mode 0700. The error now names the mount, why the
+    /// capabilities are not enough, and the ways out.
+    #[test]
+    fn attach_with_tracefs_unreadable_says_what_is_wrong_and_what_to_do() {
+        let err = ProbeError::TracefsUnreadable {
+            path: PathBuf::from("/sys/kernel/tracing"),
+            mode: 0o700,
+            uid: 0,
+        }
+        .to_string();
+        for want in [
+            "mounted at /sys/kernel/tracing",
+            "not readable by this user (mode 0700",
+            "CAP_BPF and CAP_PERFMON are not enough",
+            "ids in tracefs",
+            "CAP_DAC_READ_SEARCH",
+            "mount -o remount,mode=0750,gid=GROUP /sys/kernel/tracing",
+        ] {
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+        assert!(!err.contains("cannot mount"), "{err}");
     }
 
     #[test]
