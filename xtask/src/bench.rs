@@ -399,13 +399,21 @@ fn soak(secs: u64) -> anyhow::Result<()> {
 ///   the issue's "one-tracepoint bpftrace", enter side only;
 /// - `bpftrace-2tp`: `sys_enter_close` and `sys_exit_read`, filtered — the like-for-like floor:
 ///   a tracer that needs return values (bytes read) pays the exit side too, as cost-probe does;
+/// - `bpftrace-exit`: `sys_exit_read` alone — what a tracer with no enter-side hook at all
+///   would pay (cost-probe keeps close at its enter: see `cost-probe-ebpf`);
 /// - `cost-probe` (and `alt` with `COST_PROBE_BENCH_ALT`): `cost-probe attach` on nginx.
 fn host_tax(secs: u64, rounds: u32) -> anyhow::Result<()> {
     crate::build_release()?;
     let nginx = Nginx::start(1, &[("t", b"ok")]);
     let worker = *nginx.workers().first().context("nginx has no worker")?;
     let alt = std::env::var_os("COST_PROBE_BENCH_ALT").map(std::path::PathBuf::from);
-    let mut modes = vec!["untraced", "bpftrace-1tp", "bpftrace-2tp", "cost-probe"];
+    let mut modes = vec![
+        "untraced",
+        "bpftrace-1tp",
+        "bpftrace-2tp",
+        "bpftrace-exit",
+        "cost-probe",
+    ];
     if alt.is_some() {
         modes.push("alt");
     }
@@ -428,6 +436,12 @@ fn host_tax(secs: u64, rounds: u32) -> anyhow::Result<()> {
                     let p = bpftrace_script(&format!(
                         "tracepoint:syscalls:sys_enter_close, tracepoint:syscalls:sys_exit_read \
                          /pid == {worker}/ {{ @n = count(); }}"
+                    ))?;
+                    Some(Box::new(move || drop(p)))
+                }
+                "bpftrace-exit" => {
+                    let p = bpftrace_script(&format!(
+                        "tracepoint:syscalls:sys_exit_read /pid == {worker}/ {{ @n = count(); }}"
                     ))?;
                     Some(Box::new(move || drop(p)))
                 }
