@@ -143,9 +143,10 @@ pub struct TpOffsets {
     pub enter_args: u32,
     /// Offset of `child_pid` in `sched:sched_process_fork`.
     pub fork_child_pid: u32,
-    /// Offset of `__syscall_nr` in `syscalls:sys_enter_*` records.
+    /// Offset of `__syscall_nr` in `syscalls:sys_enter_*` and `sys_exit_*` records.
     pub enter_nr: u32,
-    pub pad: u32,
+    /// Offset of `ret` in `syscalls:sys_exit_*` records.
+    pub exit_ret: u32,
 }
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 16);
 
@@ -156,7 +157,7 @@ impl TpOffsets {
         enter_args: 16,
         fork_child_pid: 44,
         enter_nr: 8,
-        pad: 0,
+        exit_ret: 16,
     };
 }
 

@@ -1,6 +1,6 @@
 //! Kernel side of cost-probe: tracepoints only (these kernels have no kprobes, and fentry is
-//! refused): a BTF tracepoint on the raw `sys_exit` tracepoint for data syscalls and accepts,
-//! `syscalls:sys_enter_close`, `sched:sched_process_{fork,exit}`, and for the agent
+//! refused): one program on the `syscalls:sys_exit_*` tracepoint of each data syscall and accept
+//! (arguments from the task's saved registers), `syscalls:sys_enter_close`, `sched:sched_process_{fork,exit}`, and for the agent
 //! `sched:sched_process_exec`.
 //!
 //! It stays dumb on purpose: filter by syscall number and connection, remember which fds are

@@ -3,10 +3,11 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use cost_probe_common::{
@@ -130,10 +131,15 @@ fn header(pid_tgid: u64, fd: i32, conn_id: u64, kind: EventKind, nr: u32) -> Eve
 }
 
 // ---------------------------------------------------------------------------------------------
-// Syscall exits: one BTF tracepoint on `sys_exit` for data and accepts. At exit the task's saved
-// user registers still hold the syscall's number and arguments (only the return value register
-// is replaced), so nothing is saved at enter: no per-thread table, no enter program on the hot
-// path, and a syscall that was already blocked when we attached is seen like any other.
+// Syscall exits: one program on the `syscalls:sys_exit_*` tracepoint of each traced syscall (data
+// syscalls and accepts). The exit record holds only the number and the return value; the
+// arguments come from the task's user registers saved at entry (only the return value register
+// is replaced by then), so nothing is saved at enter: no per-thread table, no enter program on
+// the hot path, and a syscall that was already blocked when we attached is seen like any other.
+//
+// Per-syscall tracepoints rather than one program on the raw `sys_exit` tracepoint: the other
+// syscalls of every process on the host then stop at a bitmap test in the kernel's perf hook
+// instead of running a BPF program each (see BENCHMARKS.md, "Host tax").
 // ---------------------------------------------------------------------------------------------
 
 #[cfg(not(bpf_target_arch = "x86_64"))]
@@ -178,18 +184,21 @@ struct Args {
 }
 
 /// `__USER_CS`: the task entered the kernel from 64-bit code. A 32-bit task's syscalls use the
-/// ia32 numbering and registers, so the same numbers mean other syscalls there.
+/// ia32 numbering and registers, so the same numbers mean other syscalls there (the kernel
+/// already skips compat syscalls for `syscalls:*` events on x86; this keeps the program right
+/// whatever fires it).
 const USER_CS_64: u64 = 0x33;
 
-/// `raw_syscalls:sys_exit(struct pt_regs *regs, long ret)` as a BTF tracepoint.
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: `regs` is the tracepoint's BTF-typed `struct pt_regs *` argument; the verifier
-    // checks each load against vmlinux BTF and turns it into a fault-safe kernel load. Only the
-    // number is read before the filter: most syscalls stop here.
-    let nr = unsafe { (*regs).orig_rax };
-    // One table: which syscalls are ours, and what each one is.
+/// `ret` (`syscalls:sys_exit_*`: a `long` after `__syscall_nr`).
+const SYS_RET: usize = TpOffsets::SYSCALLS.exit_ret as usize;
+
+/// `syscalls:sys_exit_*` of every data syscall and of accept/accept4 (one program, attached to
+/// each of those tracepoints by userspace).
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    // One table: which syscalls are ours, and what each one is. Only the tracepoints of these
+    // numbers are attached, so the fall-through arm is for safety, not filtering.
+    let nr = u64::from(syscall_nr(&ctx));
     let op = match nr {
         nr::READ | nr::RECVFROM => Some((EventKind::Read, Shape::Buf)),
         nr::WRITE | nr::SENDTO => Some((EventKind::Write, Shape::Buf)),
@@ -201,6 +210,16 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
         nr::ACCEPT | nr::ACCEPT4 => None,
         _ => return 0,
     };
+    let ret = ctx_u64::<SYS_RET>(&ctx) as i64;
+    // Most calls of these syscalls on the host failed (EAGAIN) or are not ours: the return
+    // value decides before the registers are looked at.
+    if ret < 0 || (ret == 0 && op.is_some()) {
+        return 0;
+    }
+    // SAFETY: helpers with no preconditions; `bpf_task_pt_regs` of the current task is its user
+    // registers saved at entry, a BTF-typed `struct pt_regs *`: the verifier checks each load
+    // against vmlinux BTF and turns it into a fault-safe kernel load.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     // SAFETY: as above.
     let (cs, a) = unsafe {
         (
@@ -216,7 +235,6 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
     if cs != USER_CS_64 {
         return 0;
     }
-    let ret: i64 = ctx.arg(1);
     let r = match op {
         Some((kind, shape)) => data(&a, ret, kind, shape),
         None => accept(&ctx, &a, ret),
@@ -407,7 +425,7 @@ fn starts_like_request(a: &Args, shape: Shape) -> bool {
 
 /// accept/accept4 returned a connection: `(listen_fd, struct sockaddr *peer, int *addrlen)`.
 #[inline(always)]
-fn accept(ctx: &BtfTracePointContext, a: &Args, ret: i64) -> Result<u32, u32> {
+fn accept(ctx: &TracePointContext, a: &Args, ret: i64) -> Result<u32, u32> {
     if ret < 0 {
         return Ok(0);
     }

@@ -6,9 +6,9 @@ pub mod tracefs;
 use std::{os::fd::AsFd, path::PathBuf, time::Duration};
 
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::TracePoint,
 };
 use cost_probe_common::{ConnKey, TpOffsets};
 
@@ -17,8 +17,25 @@ pub use self::event::{ConnId, Direction, Event, OwnedEvent};
 /// The object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cost-probe"));
 
+/// Syscalls whose exit the `sys_exit` program handles: every data syscall and accept. Each has
+/// its own `syscalls:sys_exit_*` tracepoint, so the host's other syscalls run no program at all.
+const EXIT_SYSCALLS: &[&str] = &[
+    "sys_exit_read",
+    "sys_exit_recvfrom",
+    "sys_exit_readv",
+    "sys_exit_recvmsg",
+    "sys_exit_write",
+    "sys_exit_sendto",
+    "sys_exit_writev",
+    "sys_exit_sendmsg",
+    "sys_exit_sendfile64",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+];
+
 /// (program, category, tracepoints it attaches to).
 const PROGRAMS: &[(&str, &str, &[&str])] = &[
+    ("sys_exit", "syscalls", EXIT_SYSCALLS),
     ("enter_close", "syscalls", &["sys_enter_close"]),
     ("sched_fork", "sched", &["sched_process_fork"]),
     ("sched_exit", "sched", &["sched_process_exit"]),
@@ -27,14 +44,9 @@ const PROGRAMS: &[(&str, &str, &[&str])] = &[
 /// The agent's exec watch (see [`Probe::watch_exec`]).
 const EXEC: (&str, &str, &str) = ("sched_exec", "sched", "sched_process_exec");
 
-/// The BTF tracepoint program (`tp_btf`) and the raw tracepoint it attaches to: every syscall's
-/// exit, filtered by syscall number first. One raw tracepoint costs the traced process less than
-/// a perf tracepoint per syscall (no record is built for it), and at exit the saved registers
-/// still hold the arguments, so data syscalls need no enter program at all.
-const SYS_EXIT: (&str, &str) = ("sys_exit", "sys_exit");
-
-/// Every tracefs tracepoint the probe attaches to, as `category/name` (for `doctor`; the BTF
-/// tracepoint on `sys_exit` needs vmlinux BTF instead, which `doctor` checks too).
+/// Every tracefs tracepoint the probe attaches to, as `category/name` (for `doctor`; the
+/// `sys_exit` program reads the task's saved registers through BTF-typed helpers, so it needs
+/// vmlinux BTF too, which `doctor` checks).
 pub fn tracepoints() -> impl Iterator<Item = (&'static str, &'static str)> {
     PROGRAMS
         .iter()
@@ -51,11 +63,16 @@ pub enum ProbeError {
         "tracing needs root, or CAP_BPF and CAP_PERFMON (and CAP_SYS_ADMIN to mount tracefs); this process has {0}"
     )]
     Privileges(String),
-    #[error("cannot mount tracefs at {path}: {source}")]
+    #[error(
+        "tracefs is not mounted, and mounting it at {path} failed: {source}; mount it once as \
+         root (`mount -t tracefs nodev {path}`) or run with CAP_SYS_ADMIN"
+    )]
     Tracefs {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}", tracefs::unreadable_message(path, *mode, *uid))]
+    TracefsUnreadable { path: PathBuf, mode: u32, uid: u32 },
     #[error("kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF) is needed: {0}")]
     Btf(String),
     #[error("tracepoint format {path}: {why}")]
@@ -129,12 +146,17 @@ impl Probe {
         }
         check_privileges()?;
         raise_memlock();
+        // The `sys_exit` program's helpers return BTF-typed kernel pointers: without vmlinux BTF
+        // the verifier refuses it with a less helpful message.
+        if let Err(e) = std::fs::metadata("/sys/kernel/btf/vmlinux") {
+            return Err(ProbeError::Btf(e.to_string()));
+        }
         let root = tracefs::ensure_mounted()?;
-        let enter: Vec<&str> = tracepoints()
+        let syscalls: Vec<&str> = tracepoints()
             .filter(|(c, _)| *c == "syscalls")
             .map(|(_, tp)| tp)
             .collect();
-        let offsets: TpOffsets = tracefs::offsets(&root, &enter)?;
+        let offsets: TpOffsets = tracefs::offsets(&root, &syscalls)?;
         log::debug!("tracepoint offsets: {offsets:?}");
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
@@ -160,15 +182,6 @@ impl Probe {
                     })?;
             }
         }
-        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        let (name, tp) = SYS_EXIT;
-        let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-        prog.load(tp, &btf)
-            .and_then(|()| prog.attach().map(drop))
-            .map_err(|source| ProbeError::Program {
-                name: format!("{name} → tp_btf:{tp}"),
-                source,
-            })?;
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
         };

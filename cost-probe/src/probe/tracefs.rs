@@ -16,8 +16,14 @@ const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/traci
 
 /// Returns the tracefs root, mounting it at `/sys/kernel/tracing` if no mount has the events.
 pub fn ensure_mounted() -> Result<PathBuf, ProbeError> {
-    if let Some(dir) = find() {
-        return Ok(dir);
+    match lookup() {
+        Lookup::Found(dir) => return Ok(dir),
+        // Mounting again would not help (and fails without CAP_SYS_ADMIN, which used to be all
+        // the user was told): the mount is there, this user may not read it.
+        Lookup::Unreadable { path, mode, uid } => {
+            return Err(ProbeError::TracefsUnreadable { path, mode, uid });
+        }
+        Lookup::Missing => {}
     }
     let target = Path::new(TRACEFS_DIRS[0]);
     let c_target = CString::new(TRACEFS_DIRS[0]).expect("no NUL in a literal");
@@ -96,13 +102,18 @@ pub fn lookup_in(dirs: &[PathBuf]) -> Lookup {
     denied.unwrap_or(Lookup::Missing)
 }
 
-/// What `doctor` says of a tracefs this user cannot read.
+/// What `doctor` and `attach` say of a tracefs this user cannot read. `CAP_BPF` and `CAP_PERFMON`
+/// are not enough: the `syscalls:*` tracepoints exist only as tracefs events (they are not raw
+/// tracepoints), `perf_event_open` attaches them by the id in their tracefs `id` file, and the
+/// record layout comes from their `format` file. Both files are mode 0440 under a 0700 root.
 #[must_use]
 pub fn unreadable_message(path: &Path, mode: u32, uid: u32) -> String {
     format!(
-        "mounted at {} but not readable by this user (mode {mode:04o}, owner uid {uid}): \
-         needs root (or CAP_DAC_READ_SEARCH)",
-        path.display()
+        "tracefs is mounted at {p} but not readable by this user (mode {mode:04o}, owner uid \
+         {uid}); CAP_BPF and CAP_PERFMON are not enough, since the syscall tracepoints are \
+         attached by the ids in tracefs: run as root, add CAP_DAC_READ_SEARCH, or remount it \
+         for a group this user is in (`mount -o remount,mode=0750,gid=GROUP {p}`)",
+        p = path.display()
     )
 }
 
@@ -171,37 +182,11 @@ fn offset_of(fields: &[Field], name: &str, tp: &str) -> Result<u32, ProbeError> 
 }
 
 /// Reads the offsets the kernel side needs and checks that every syscall tracepoint we attach
-/// has the layout the kernel side is compiled with ([`TpOffsets::SYSCALLS`]: `__syscall_nr` then
-/// 8-byte arguments).
-pub fn offsets(root: &Path, enter: &[&str]) -> Result<TpOffsets, ProbeError> {
-    let want = TpOffsets::SYSCALLS;
-    for tp in enter {
-        let fields = read_fields(root, "syscalls", tp)?;
-        let path = || PathBuf::from(format!("syscalls/{tp}"));
-        let nr = offset_of(&fields, "__syscall_nr", tp)?;
-        if nr != want.enter_nr {
-            return Err(ProbeError::Format {
-                path: path(),
-                why: format!(
-                    "`__syscall_nr` at offset {nr}; cost-probe's eBPF side is built for {}",
-                    want.enter_nr
-                ),
-            });
-        }
-        let args = fields.iter().filter(|f| f.offset > nr);
-        for (i, f) in args.enumerate() {
-            let at = want.enter_args + 8 * i as u32;
-            if f.offset != at || f.size != 8 {
-                return Err(ProbeError::Format {
-                    path: path(),
-                    why: format!(
-                        "argument {i} (`{}`) at offset {} size {}; cost-probe's eBPF side is \
-                         built for offset {at} size 8",
-                        f.name, f.offset, f.size
-                    ),
-                });
-            }
-        }
+/// has the layout the kernel side is compiled with ([`TpOffsets::SYSCALLS`]: `__syscall_nr`,
+/// then 8-byte arguments at enter or the 8-byte `ret` at exit).
+pub fn offsets(root: &Path, syscalls: &[&str]) -> Result<TpOffsets, ProbeError> {
+    for tp in syscalls {
+        check_syscall_layout(tp, &read_fields(root, "syscalls", tp)?)?;
     }
     let fork_child_pid = offset_of(
         &read_fields(root, "sched", "sched_process_fork")?,
@@ -210,8 +195,47 @@ pub fn offsets(root: &Path, enter: &[&str]) -> Result<TpOffsets, ProbeError> {
     )?;
     Ok(TpOffsets {
         fork_child_pid,
-        ..want
+        ..TpOffsets::SYSCALLS
     })
+}
+
+/// Checks one `syscalls:*` format against the layout compiled into the kernel side.
+fn check_syscall_layout(tp: &str, fields: &[Field]) -> Result<(), ProbeError> {
+    let want = TpOffsets::SYSCALLS;
+    let wrong = |why: String| ProbeError::Format {
+        path: PathBuf::from(format!("syscalls/{tp}")),
+        why,
+    };
+    let nr = offset_of(fields, "__syscall_nr", tp)?;
+    if nr != want.enter_nr {
+        return Err(wrong(format!(
+            "`__syscall_nr` at offset {nr}; cost-probe's eBPF side is built for {}",
+            want.enter_nr
+        )));
+    }
+    if tp.starts_with("sys_exit_") {
+        let ret = fields.iter().find(|f| f.name == "ret");
+        return match ret {
+            Some(f) if f.offset == want.exit_ret && f.size == 8 => Ok(()),
+            Some(f) => Err(wrong(format!(
+                "`ret` at offset {} size {}; cost-probe's eBPF side is built for offset {} size 8",
+                f.offset, f.size, want.exit_ret
+            ))),
+            None => Err(wrong("no field `ret`".into())),
+        };
+    }
+    let args = fields.iter().filter(|f| f.offset > nr);
+    for (i, f) in args.enumerate() {
+        let at = want.enter_args + 8 * i as u32;
+        if f.offset != at || f.size != 8 {
+            return Err(wrong(format!(
+                "argument {i} (`{}`) at offset {} size {}; cost-probe's eBPF side is built for \
+                 offset {at} size 8",
+                f.name, f.offset, f.size
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -249,11 +273,38 @@ print fmt: \"fd: 0x%08lx, buff: 0x%08lx, len: 0x%08lx, flags: 0x%08lx, addr: 0x%
         assert_eq!(lookup_in(&[a.clone(), b.clone()]), Lookup::Missing);
         std::fs::create_dir_all(b.join("events/syscalls")).unwrap();
         assert_eq!(lookup_in(&[a, b.clone()]), Lookup::Found(b));
-        assert_eq!(
-            unreadable_message(Path::new("/sys/kernel/tracing"), 0o700, 0),
-            "mounted at /sys/kernel/tracing but not readable by this user (mode 0700, owner uid \
-             0): needs root (or CAP_DAC_READ_SEARCH)"
+        let msg = unreadable_message(Path::new("/sys/kernel/tracing"), 0o700, 0);
+        assert!(
+            msg.starts_with(
+                "tracefs is mounted at /sys/kernel/tracing but not readable by this user (mode \
+                 0700, owner uid 0)"
+            ),
+            "{msg}"
         );
+    }
+
+    /// Regression (#10.12, attach side): a user with `CAP_BPF` and `CAP_PERFMON` was told "cannot
+    /// mount tracefs" when tracefs was mounted mode 0700. The error now names the mount, why the
+    /// capabilities are not enough, and the ways out.
+    #[test]
+    fn attach_with_tracefs_unreadable_says_what_is_wrong_and_what_to_do() {
+        let err = ProbeError::TracefsUnreadable {
+            path: PathBuf::from("/sys/kernel/tracing"),
+            mode: 0o700,
+            uid: 0,
+        }
+        .to_string();
+        for want in [
+            "mounted at /sys/kernel/tracing",
+            "not readable by this user (mode 0700",
+            "CAP_BPF and CAP_PERFMON are not enough",
+            "ids in tracefs",
+            "CAP_DAC_READ_SEARCH",
+            "mount -o remount,mode=0750,gid=GROUP /sys/kernel/tracing",
+        ] {
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+        assert!(!err.contains("cannot mount"), "{err}");
     }
 
     #[test]
@@ -290,6 +341,32 @@ print fmt: \"fd: 0x%08lx, buff: 0x%08lx, len: 0x%08lx, flags: 0x%08lx, addr: 0x%
         let f = parse_format(FORK.as_bytes()).unwrap();
         assert_eq!(offset_of(&f, "child_pid", "fork").unwrap(), 20);
         assert_eq!(f[4].name, "parent_comm");
+    }
+
+    // Captured from events/syscalls/sys_exit_read/format on the same VM.
+    const EXIT_READ: &str = "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;
+";
+
+    #[test]
+    fn exit_layout_is_checked_for_ret_and_enter_layout_for_arguments() {
+        let exit = parse_format(EXIT_READ.as_bytes()).unwrap();
+        check_syscall_layout("sys_exit_read", &exit).unwrap();
+        check_syscall_layout(
+            "sys_enter_sendto",
+            &parse_format(SENDTO.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        // The exit program reads `ret` at a compiled-in offset: a kernel that moved it is refused.
+        let moved = EXIT_READ.replace("offset:16;\tsize:8", "offset:24;\tsize:8");
+        let err = check_syscall_layout("sys_exit_read", &parse_format(moved.as_bytes()).unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("`ret` at offset 24"), "{err}");
     }
 
     #[test]

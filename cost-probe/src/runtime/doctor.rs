@@ -87,10 +87,11 @@ pub fn tracing() -> TracingReport {
         btf,
         "BTF",
         if btf {
-            "/sys/kernel/btf/vmlinux present (needed for the BTF tracepoint on sys_exit)"
+            "/sys/kernel/btf/vmlinux present (the sys_exit program reads saved registers through it)"
         } else {
-            "no /sys/kernel/btf/vmlinux: the sys_exit program is a BTF tracepoint and cannot load \
-             (needs a kernel built with CONFIG_DEBUG_INFO_BTF)"
+            "no /sys/kernel/btf/vmlinux: the sys_exit program reads the task's saved registers \
+             through BTF-typed helpers and cannot load (needs a kernel built with \
+             CONFIG_DEBUG_INFO_BTF)"
         },
     ));
     let root = match tracefs::lookup() {
@@ -139,7 +140,7 @@ pub fn tracing() -> TracingReport {
             item(
                 true,
                 "tracepoints",
-                format!("all {n} tracefs tracepoints present (syscalls:sys_enter_close, sched)"),
+                format!("all {n} tracefs tracepoints present (syscalls, sched)"),
             )
         } else {
             item(
@@ -156,8 +157,7 @@ pub fn tracing() -> TracingReport {
         if kprobes {
             "available (not used)"
         } else {
-            "not available on this kernel (not needed: cost-probe uses tracepoints only, one of \
-             them a BTF tracepoint)"
+            "not available on this kernel (not needed: cost-probe uses tracepoints only)"
         },
     ));
     // The decisive check: load and attach the real program, then let it go.
@@ -168,7 +168,7 @@ pub fn tracing() -> TracingReport {
                 item(
                     true,
                     "eBPF probe",
-                    "loaded and attached (tp_btf sys_exit and every tracepoint), then detached",
+                    "loaded and attached (every tracepoint), then detached",
                 )
             }
             Err(e @ ProbeError::NoObject) => item(false, "eBPF probe", e.to_string()),
