@@ -83,7 +83,10 @@ mod tests {
         let t = TraceParent::parse(GOOD.as_bytes()).unwrap();
         assert_eq!(t.trace_id[0], 0x4b);
         assert_eq!(t.trace_id[15], 0x36);
-        assert_eq!(t.parent_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(
+            t.parent_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
         assert!(t.sampled());
         assert!(TraceParent::parse(format!(" {GOOD} ").as_bytes()).is_some());
     }
