@@ -3,7 +3,10 @@
 //! The [`Aggregator`] runs on the consumer thread (a few map updates per request, no
 //! allocation once a series exists); a [`Snapshot`] of it goes to the exporter thread each
 //! export interval and becomes a `ResourceMetrics` there.
-use std::collections::HashMap;
+// Series are few (capped per instrument) and model names, the one client-chosen part, are cut
+// and capped: a fast non-DoS-resistant hash is fine, and the consumer thread does one lookup per
+// instrument per request.
+use rustc_hash::FxHashMap as HashMap;
 
 use opentelemetry_proto::tonic::{
     common::v1::{KeyValue, any_value::Value},
@@ -183,9 +186,9 @@ impl Aggregator {
     pub fn new(start_unix_ns: u64) -> Self {
         Self {
             start: start_unix_ns,
-            hists: HashMap::new(),
-            sums: HashMap::new(),
-            series: HashMap::new(),
+            hists: HashMap::default(),
+            sums: HashMap::default(),
+            series: HashMap::default(),
         }
     }
 
@@ -343,7 +346,7 @@ fn attributes(a: &Attrs) -> Vec<KeyValue> {
 impl Snapshot {
     pub fn into_proto(self, resource: Resource) -> ResourceMetrics {
         let cumulative = AggregationTemporality::Cumulative as i32;
-        let mut by_inst: HashMap<Inst, Metric> = HashMap::new();
+        let mut by_inst: HashMap<Inst, Metric> = HashMap::default();
         let metric = |inst: Inst| {
             let (name, unit, description, _) = inst.meta();
             Metric {
