@@ -391,3 +391,87 @@ fn malformed_otel_variables_are_one_line_and_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// The agent exports too, configured by the environment alone; rules tags ride along.
+#[test]
+fn agent_exports_spans_configured_by_otel_variables() {
+    require_kernel!();
+    let rx = Receiver::start(Mode::Accept);
+    let server = usage_server();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-targets.toml"),
+        "[[target]]\nname = \"chat\"\ncmdline = \"usage_server\\\\.py\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.ndjson");
+    let endpoint = rx.endpoint();
+    let mut child = Command::new(bin())
+        .args(["agent", "--metrics", "off", "--rules"])
+        .arg(dir.path())
+        .arg("--output")
+        .arg(&out)
+        .envs(FAST)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let err = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead as _;
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("[agent] {l}");
+            let _ = tx.send(l);
+        }
+    });
+    let want = format!("tracing pid {}", server.proc.pid());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = lines
+            .recv_timeout(left)
+            .expect("the agent did not start tracing the server");
+        if l.contains(&want) {
+            break;
+        }
+    }
+    let mut c = Client::connect(server.port);
+    for i in 0..4 {
+        let tp = (i % 2 == 0).then(|| format!("00-{}-{}-01", trace_id(i), parent_id(i)));
+        chat(&mut c, i, tp.as_deref());
+    }
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "agent exited with {status}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let summary: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["type"] == "summary")
+        .expect("summary");
+    assert_eq!(summary["totals"]["otlp"]["spans_sent"], 4, "{summary}");
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 4);
+    let mut joined = 0;
+    for (res, s) in &spans {
+        assert_eq!(
+            attr_int(&res.attributes, "process.pid"),
+            Some(i64::from(server.proc.pid()))
+        );
+        assert_eq!(
+            attr_str(&s.attributes, "cost_probe.tag.target"),
+            Some("chat")
+        );
+        let i = usize::try_from(attr_int(&s.attributes, "gen_ai.usage.output_tokens").unwrap() - 5)
+            .unwrap();
+        if i % 2 == 0 {
+            assert_eq!(hex(&s.trace_id), trace_id(i));
+            assert_eq!(hex(&s.parent_span_id), parent_id(i));
+            joined += 1;
+        }
+    }
+    assert_eq!(joined, 2);
+}
