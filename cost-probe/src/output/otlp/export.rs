@@ -95,6 +95,9 @@ impl Exporter {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout))
             .http_status_as_error(false)
+            // A redirect is a misconfigured endpoint: say so (final status) rather than follow a
+            // POST somewhere else.
+            .max_redirects(0)
             .build()
             .new_agent();
         Self {
