@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod otlp;
+
 /// The workspace root (this crate lives in `tests/`).
 #[must_use]
 pub fn workspace() -> PathBuf {
@@ -254,12 +256,24 @@ impl Attach {
     /// As [`Attach::start`], with another build of cost-probe (benchmark A/B runs).
     #[must_use]
     pub fn start_with(bin: &std::path::Path, pid: u32, extra: &[&str]) -> Self {
+        Self::start_env(bin, pid, extra, &[])
+    }
+
+    /// As [`Attach::start_with`], with variables added to cost-probe's environment.
+    #[must_use]
+    pub fn start_env(
+        bin: &std::path::Path,
+        pid: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("records.ndjson");
         let mut child = Command::new(bin)
             .args(["attach", "--pid", &pid.to_string(), "--output"])
             .arg(&out)
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));

@@ -7,7 +7,9 @@
 //! - `untraced`: nothing attached;
 //! - `bpftrace`: a minimal counter on the same syscall tracepoints, filtered to the worker —
 //!   the floor any syscall tracer pays;
-//! - `cost-probe`: `cost-probe attach` on the master (so the worker is traced as a descendant).
+//! - `cost-probe`: `cost-probe attach` on the master (so the worker is traced as a descendant);
+//! - `+otlp` (with `COST_PROBE_BENCH_OTLP=1`): the same, exporting every span and the metrics
+//!   over OTLP/HTTP to a receiver in this process that answers 200 without decoding.
 //!
 //! The figure is the worker's CPU time per request from /proc/PID/schedstat (ns, steadier than
 //! throughput on 2 shared cores), plus cost-probe's own CPU time per request, also as a share of
@@ -19,7 +21,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use cost_probe_tests::{Attach, Client, Nginx, Proc};
+use cost_probe_tests::{
+    Attach, Client, Nginx, Proc,
+    otlp::{Mode, Receiver},
+};
 
 /// Syscall tracepoints cost-probe attaches (the bpftrace floor uses the same set).
 const TRACEPOINTS: &[&str] = &[
@@ -139,6 +144,12 @@ fn overhead(secs: u64, rounds: u32, header_bytes: usize) -> anyhow::Result<()> {
     if alt.is_some() {
         modes.push("alt");
     }
+    let receiver =
+        std::env::var_os("COST_PROBE_BENCH_OTLP").map(|_| Receiver::start(Mode::Discard));
+    let endpoint = receiver.as_ref().map(Receiver::endpoint);
+    if receiver.is_some() {
+        modes.push("+otlp");
+    }
     let mut totals = vec![Totals::default(); modes.len()];
     // Per round and mode: (worker µs/req, tracer µs/req).
     let mut per_round: Vec<Vec<(f64, f64)>> = Vec::new();
@@ -159,6 +170,25 @@ fn overhead(secs: u64, rounds: u32, header_bytes: usize) -> anyhow::Result<()> {
                 "cost-probe" => {
                     let a = Attach::start(nginx.master.pid(), &[]);
                     Some((a.pid(), Box::new(move || drop(a.stop()))))
+                }
+                "+otlp" => {
+                    let ep = endpoint
+                        .as_deref()
+                        .context("otlp mode without a receiver")?;
+                    let bin = std::path::Path::new("target/release/cost-probe");
+                    let a = Attach::start_env(
+                        bin,
+                        nginx.master.pid(),
+                        &["--otlp-endpoint", ep],
+                        &[("OTEL_METRIC_EXPORT_INTERVAL", "1000")],
+                    );
+                    Some((
+                        a.pid(),
+                        Box::new(move || {
+                            let r = a.stop();
+                            eprintln!("  otlp: {}", r.summary()["totals"]["otlp"]);
+                        }),
+                    ))
                 }
                 "alt" => {
                     let bin = alt.as_deref().context("alt mode without a binary")?;

@@ -3,7 +3,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     host::ProcFs,
-    output::{OutputTarget, metrics},
+    output::{OutputTarget, metrics, otlp::OtlpEndpoint},
     runtime::{
         RuntimeError, SessionConfig,
         agent::{self, AgentConfig, Signals},
@@ -22,6 +22,11 @@ pub struct AgentArgs {
     /// unix stream socket, e.g. Vector's), or - for stdout.
     #[arg(long, default_value = "-")]
     pub output: OutputTarget,
+    /// Export spans and metrics over OTLP/HTTP (protobuf, gzip) to this collector base URL,
+    /// e.g. `http://127.0.0.1:4318` (`/v1/traces` and `/v1/metrics` are added). The standard
+    /// `OTEL_EXPORTER_OTLP_*`, `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` apply.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<OtlpEndpoint>,
     /// Energy sampling interval in milliseconds.
     #[arg(long = "interval", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub interval_ms: u64,
@@ -57,6 +62,7 @@ pub async fn run(args: AgentArgs) -> Result<(), RuntimeError> {
             output: args.output,
             interval: Duration::from_millis(args.interval_ms),
             proc: ProcFs::default(),
+            otlp: super::otlp(args.otlp_endpoint.as_ref())?,
         },
         rules_dir: args.rules,
         discover: Duration::from_millis(args.discover_ms),

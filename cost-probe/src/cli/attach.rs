@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     host::ProcFs,
-    output::OutputTarget,
+    output::{OutputTarget, otlp::OtlpEndpoint},
     runtime::{
         RuntimeError, SessionConfig,
         attach::{self, AttachConfig},
@@ -36,6 +36,11 @@ pub struct AttachArgs {
     /// Rules directory (prices, PUE, carbon, tags); built-in defaults when absent.
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Export spans and metrics over OTLP/HTTP (protobuf, gzip) to this collector base URL,
+    /// e.g. `http://127.0.0.1:4318` (`/v1/traces` and `/v1/metrics` are added). The standard
+    /// `OTEL_EXPORTER_OTLP_*`, `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` apply.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<OtlpEndpoint>,
     /// Energy sampling interval in milliseconds (NVML's energy counter updates every ~100 ms).
     #[arg(long = "interval", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub interval_ms: u64,
@@ -75,6 +80,7 @@ impl AttachArgs {
                 output: self.output,
                 interval: Duration::from_millis(self.interval_ms),
                 proc: ProcFs::default(),
+                otlp: super::otlp(self.otlp_endpoint.as_ref())?,
             },
             pid: self.pid,
             record: self.record,

@@ -8,6 +8,7 @@ pub mod doctor;
 use std::{path::Path, process::ExitCode};
 
 use crate::{
+    output::otlp::{OtlpConfig, OtlpEndpoint},
     rules::Rules,
     runtime::{self, RuntimeError},
 };
@@ -50,6 +51,11 @@ pub fn usage_error(e: &clap::Error) -> ExitCode {
         first.strip_prefix("error: ").unwrap_or(first)
     );
     ExitCode::from(EXIT_CANNOT_START)
+}
+
+/// `--otlp-endpoint` and the `OTEL_*` variables, validated (a bad value: one line, exit 2).
+fn otlp(flag: Option<&OtlpEndpoint>) -> Result<Option<OtlpConfig>, RuntimeError> {
+    Ok(OtlpConfig::from_env(flag, |k| std::env::var(k).ok())?)
 }
 
 /// `--rules DIR`, or the built-in rules.

@@ -8,6 +8,7 @@
 mod json;
 pub mod metrics;
 pub mod ndjson;
+pub mod otlp;
 pub mod records;
 pub mod summary;
 
@@ -183,6 +184,12 @@ pub trait Sink: Send {
     fn reopen(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    /// The run is ending: an exporting sink sends what it holds (within its own time limit)
+    /// and says what became of the spans, for the summary.
+    fn finish(&mut self) -> Option<otlp::ExportStats> {
+        None
+    }
 }
 
 /// `--output`: where NDJSON records go.
@@ -354,6 +361,11 @@ impl Outputs {
         self.summary.totals.idle_j = Some(unattributed.idle_j);
         self.summary.totals.idle_usd = Some(unattributed.idle_usd);
         self.summary.totals.other_j = Some(unattributed.other_j);
+        for s in &mut self.sinks {
+            if let Some(stats) = s.finish() {
+                self.summary.totals.otlp = Some(stats);
+            }
+        }
         let summary = std::mem::take(&mut self.summary);
         let rec = summary.record(self.clock.rfc3339(start), self.clock.rfc3339(end));
         self.dispatch(&Record::Summary(&rec))?;

@@ -403,6 +403,7 @@ mod tests {
             },
             timings: None,
             flags,
+            trace_parent: None,
         };
         let clock = WallClock::fixed(1_700_000_000_000_000_000);
         let mut cache = super::super::SecondCache::default();

@@ -86,6 +86,18 @@ pub struct Sample {
     pub tokens: Option<u64>,
 }
 
+/// What the exporter did with the run's spans, for the summary (`totals.otlp`).
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportStats {
+    /// Accepted by the receiver.
+    pub spans_sent: u64,
+    /// Never delivered: the queue was full, retries ran out, the receiver rejected them, or the
+    /// run ended before they could be sent. Counted exactly, one per span.
+    pub spans_dropped: u64,
+    /// Not exported because the caller's `traceparent` said its trace is not sampled.
+    pub spans_unsampled: u64,
+}
+
 /// Totals beside the groups.
 #[derive(Serialize, Debug, Default, Clone, Copy, PartialEq)]
 pub struct Totals {
@@ -109,6 +121,9 @@ pub struct Totals {
     /// Requests counted in the `(other)` group because there were too many groups.
     #[serde(skip_serializing_if = "is_zero")]
     pub folded_groups: u64,
+    /// What the OTLP exporter did with the run's spans, when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<ExportStats>,
 }
 
 #[allow(

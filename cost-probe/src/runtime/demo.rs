@@ -67,6 +67,7 @@ pub async fn run(config: DemoConfig) -> Result<(), RuntimeError> {
             output: OutputTarget::Stdout,
             interval: Duration::from_millis(100),
             proc: ProcFs::default(),
+            otlp: None,
         },
         pid,
         record: None,

@@ -487,6 +487,7 @@ mod tests {
             usage: Usage::default(),
             timings: None,
             flags: Flags::default(),
+            trace_parent: None,
         }
     }
 

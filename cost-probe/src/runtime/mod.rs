@@ -22,7 +22,11 @@ pub use self::tracer::Tracer;
 use crate::{
     energy::Roots,
     host::{ProcFs, Processes},
-    output::{OutputTarget, Outputs, Sink, ndjson::NdjsonSink},
+    output::{
+        OutputTarget, Outputs, Sink,
+        ndjson::NdjsonSink,
+        otlp::{OtlpConfig, OtlpSink},
+    },
     probe::{Probe, ProbeError},
     rules::{Rules, RulesError},
     units::monotonic_now,
@@ -50,6 +54,8 @@ pub enum RuntimeError {
         target: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Otlp(#[from] crate::output::otlp::config::ConfigError),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -86,6 +92,8 @@ pub struct SessionConfig {
     pub interval: Duration,
     /// The /proc tree targets and connections are read from.
     pub proc: ProcFs,
+    /// OTLP export (`--otlp-endpoint`, `OTEL_*`), when configured.
+    pub otlp: Option<OtlpConfig>,
 }
 
 /// One loaded probe, one tracer, and the host they look at.
@@ -114,6 +122,16 @@ impl Session {
         let probe = Probe::load().map_err(RuntimeError::probe)?;
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ndjson)];
         sinks.extend(extra);
+        if let Some(otlp) = &config.otlp {
+            let sink =
+                OtlpSink::new(otlp.clone(), config.proc.root().to_owned()).map_err(|source| {
+                    RuntimeError::Open {
+                        target: "the OTLP exporter thread".into(),
+                        source,
+                    }
+                })?;
+            sinks.push(Box::new(sink));
+        }
         let meter = Meter::new(&config.rules, config.interval, Roots::default());
         let outputs = Outputs::new(&config.rules, sinks, alerts);
         let tracer = Tracer::new(

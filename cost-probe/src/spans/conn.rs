@@ -578,6 +578,7 @@ impl Conn {
             usage,
             timings,
             flags,
+            trace_parent: req.trace_parent,
         }));
     }
 

@@ -86,6 +86,7 @@ struct HeaderInfo<'h> {
     content_type: Option<&'h [u8]>,
     upgrade: Option<&'h [u8]>,
     connection_upgrade: bool,
+    traceparent: Option<&'h [u8]>,
 }
 
 impl<'h> HeaderInfo<'h> {
@@ -100,6 +101,8 @@ impl<'h> HeaderInfo<'h> {
                 &mut i.content_type
             } else if name.eq_ignore_ascii_case(b"upgrade") {
                 &mut i.upgrade
+            } else if name.eq_ignore_ascii_case(b"traceparent") {
+                &mut i.traceparent
             } else {
                 if name.eq_ignore_ascii_case(b"connection") {
                     i.connection_upgrade |= value

@@ -7,6 +7,7 @@ mod detect;
 pub mod http;
 mod lenient;
 pub mod scan;
+mod traceparent;
 
 use std::net::SocketAddr;
 
@@ -15,6 +16,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use self::conn::Conn;
 pub use self::scan::{ServerTimings, Usage};
+pub use self::traceparent::TraceParent;
 use crate::probe::{ConnId, Event};
 
 /// How a connection's requests were delimited.
@@ -99,6 +101,8 @@ pub struct RequestSpan {
     /// What the server reported it spent on the request (llama.cpp `timings`, Ollama durations).
     pub timings: Option<ServerTimings>,
     pub flags: Flags,
+    /// The request's W3C `traceparent`, the one header kept (see [`TraceParent`]).
+    pub trace_parent: Option<TraceParent>,
 }
 
 /// What the builder reports.

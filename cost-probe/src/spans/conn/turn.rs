@@ -86,6 +86,7 @@ impl Conn {
             usage: Usage::default(),
             timings: None,
             flags,
+            trace_parent: None,
         }));
     }
 }

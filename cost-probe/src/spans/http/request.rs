@@ -26,6 +26,8 @@ pub struct Request {
     pub truncated: bool,
     /// Asked to switch protocols (the server's 101 decides).
     pub upgrade: Option<Upgrade>,
+    /// The caller's W3C trace context, when the head carried a valid one.
+    pub trace_parent: Option<crate::spans::TraceParent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -422,6 +424,7 @@ fn request_from(
         start,
         bytes_in: header_len as u64,
         upgrade: info.upgrade(),
+        trace_parent: info.traceparent.and_then(crate::spans::TraceParent::parse),
         ..Request::default()
     };
     let next = if info.is_chunked() {
