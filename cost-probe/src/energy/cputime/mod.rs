@@ -307,7 +307,8 @@ mod tests {
         let mut src = CpuTimeSource::open(Path::new("/proc")).unwrap();
         let me = std::process::id();
         src.set_targets(&[me]);
-        let before = src.sample(Nanos(1)).unwrap();
+        // Real timestamps: with cpuidle, host busy is elapsed × CPUs less idle time.
+        let before = src.sample(crate::units::monotonic_now()).unwrap();
         // Burn until the thread itself has 300 ms of CPU: wall time would be flaky on a loaded
         // two-core box where the thread gets only part of each second.
         std::thread::spawn(|| {
@@ -326,7 +327,7 @@ mod tests {
         })
         .join()
         .unwrap();
-        let after = src.sample(Nanos(2)).unwrap();
+        let after = src.sample(crate::units::monotonic_now()).unwrap();
         let used = after.target.saturating_sub(before.target);
         // The process clock counts the joined thread's 300 ms exactly (plus other test threads).
         assert!(used >= Nanos(300_000_000), "{used:?}");
