@@ -338,6 +338,17 @@ fn receiver_down_longer_than_the_queue_holds_drops_are_counted_exactly() {
         "the queue (8) cannot hold {DOWN} spans: {otlp}"
     );
     assert_eq!(rx.distinct_span_ids() as u64, sent, "{otlp}");
+    // And in `lost` records while the run goes on (the drops of the last moments, after the
+    // last interval, are in the summary only).
+    let in_lost: u64 = records
+        .of_type("lost")
+        .iter()
+        .filter_map(|r| r["export_spans"].as_u64())
+        .sum();
+    assert!(
+        (1..=dropped).contains(&in_lost),
+        "lost records say {in_lost} of {dropped} dropped spans"
+    );
     // The drops are in the metrics too.
     let metrics = rx.last_metrics();
     let metric = metrics

@@ -185,6 +185,12 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// Spans this sink has dropped since the last call (an exporter's full queue, or a batch
+    /// it gave up on): reported as a `lost` record.
+    fn dropped_since(&mut self) -> u64 {
+        0
+    }
+
     /// The run is ending: an exporting sink sends what it holds (within its own time limit)
     /// and says what became of the spans, for the summary.
     fn finish(&mut self) -> Option<otlp::ExportStats> {
@@ -339,7 +345,18 @@ impl Outputs {
             report,
             record: &record,
             spans,
-        })
+        })?;
+        // Once per interval: what an exporter dropped since the last one.
+        let dropped: u64 = self.sinks.iter_mut().map(|s| s.dropped_since()).sum();
+        if dropped == 0 {
+            return Ok(());
+        }
+        let rec = LostRecord {
+            time: self.clock.rfc3339(report.end.0),
+            events: 0,
+            export_spans: Some(dropped),
+        };
+        self.dispatch(&Record::Lost(&rec))
     }
 
     /// Events the kernel dropped (ring buffer full) since the last call.
@@ -352,6 +369,7 @@ impl Outputs {
         let rec = LostRecord {
             time: self.clock.rfc3339(now),
             events,
+            export_spans: None,
         };
         self.dispatch(&Record::Lost(&rec))
     }

@@ -136,6 +136,7 @@ mod tests {
         LostRecord {
             time: "2026-01-01T00:00:00Z".into(),
             events: 1,
+            export_spans: None,
         }
     }
 

@@ -292,7 +292,12 @@ impl<'a> RequestRecord<'a> {
 #[derive(Serialize, Debug)]
 pub struct LostRecord {
     pub time: String,
+    /// Kernel events dropped (ring buffer full) since the previous `lost` record.
     pub events: u64,
+    /// Request spans an exporter (OTLP) dropped since the previous one: its queue was full or
+    /// the collector refused them for too long. The NDJSON records still have those requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_spans: Option<u64>,
 }
 
 /// One domain's part of an `interval` record.
@@ -427,6 +432,7 @@ mod tests {
         let lost = LostRecord {
             time: "t".into(),
             events: 3,
+            export_spans: None,
         };
         assert_eq!(
             serde_json::to_string(&Envelope::new(&lost)).unwrap(),

@@ -91,6 +91,8 @@ pub struct OtlpSink {
     aggregator: Option<Aggregator>,
     metric_interval: std::time::Duration,
     last_metrics: Instant,
+    /// Drops already reported in a `lost` record.
+    reported_drops: u64,
     finished: Option<ExportStats>,
 }
 
@@ -117,6 +119,7 @@ impl OtlpSink {
             aggregator,
             metric_interval,
             last_metrics: Instant::now(),
+            reported_drops: 0,
             finished: None,
         })
     }
@@ -200,6 +203,11 @@ fn unix_now() -> u64 {
 }
 
 impl Sink for OtlpSink {
+    fn dropped_since(&mut self) -> u64 {
+        let now = self.counters.dropped.load(Ordering::Relaxed);
+        now - std::mem::replace(&mut self.reported_drops, now)
+    }
+
     fn write(&mut self, record: &Record<'_>) -> io::Result<()> {
         if self.finished.is_some() {
             return Ok(());
