@@ -113,7 +113,10 @@ fn llama(slots: u32) -> Server {
     let mut cmd = Command::new(py);
     cmd.arg(workspace().join("tests/servers/llama_server.py"))
         .arg("0")
-        .env("LLAMA_N_PARALLEL", slots.to_string());
+        .env("LLAMA_N_PARALLEL", slots.to_string())
+        // One compute thread: on 2 cores the other is left to cost-probe, the clients and
+        // anything else running, so the server's wall-clock timings stay its CPU time.
+        .env("LLAMA_THREADS", "1");
     Server::start(cmd, Duration::from_mins(3))
 }
 
