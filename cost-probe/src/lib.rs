@@ -13,6 +13,7 @@ pub mod host;
 pub mod output;
 pub mod pricing;
 pub mod probe;
+pub mod report;
 pub mod rules;
 pub mod runtime;
 pub mod spans;

@@ -25,6 +25,8 @@ enum Cmd {
     DemoServer,
     /// What this host can trace and measure, and why not (exit code 0 when attach can work).
     Doctor(cli::doctor::DoctorArgs),
+    /// What each model, team or endpoint cost, from records already written (files or stdin).
+    Report(cli::report::ReportArgs),
 }
 
 #[tokio::main]
@@ -41,6 +43,7 @@ async fn main() -> ExitCode {
         Cmd::Agent(a) => cli::exit_code(cli::agent::run(a).await),
         Cmd::Doctor(a) => cli::doctor::run(&a),
         Cmd::Demo(a) => cli::exit_code(cli::demo::run(a).await),
+        Cmd::Report(a) => cli::report::run(&a),
         Cmd::DemoServer => cli::exit_code(cli::demo::serve().await),
     }
 }

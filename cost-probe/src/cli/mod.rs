@@ -4,6 +4,7 @@ pub mod agent;
 pub mod attach;
 pub mod demo;
 pub mod doctor;
+pub mod report;
 
 use std::{path::Path, process::ExitCode};
 

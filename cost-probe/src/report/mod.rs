@@ -1,0 +1,557 @@
+//! `report`: reads request, interval and lost records back and answers what each group cost.
+//!
+//! Streaming and bounded: each line is parsed in place ([`record`]), folded into per-group HDR
+//! histograms and sums, and dropped. Memory is bounded by the group cap ([`MAX_GROUPS`]; past it
+//! requests fold into `(other)`), the top-N heap and the histograms' fixed precision, not by the
+//! number of records.
+mod input;
+pub mod record;
+mod render;
+mod scan;
+
+use std::{cmp::Reverse, collections::BinaryHeap};
+
+use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+pub use input::{Input, read_from, read_inputs};
+pub use render::table;
+
+use crate::pricing::Prices;
+
+/// Groups kept apart; past this, new groups fold into one `(other)` group.
+pub const MAX_GROUPS: usize = 1000;
+const OTHER: &str = "(other)";
+/// Shown for a group key a record does not have.
+const NONE: &str = "-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{input}:{line}: not a record: {message}")]
+    BadLine {
+        input: String,
+        line: u64,
+        message: String,
+    },
+    #[error("{path}: {err}")]
+    Io { path: String, err: std::io::Error },
+    #[error("{0}: no file matches")]
+    NoMatch(String),
+    #[error("writing the report: {0}")]
+    Output(std::io::Error),
+}
+
+/// What a group is keyed on: a record field or any tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupKey {
+    Model,
+    Path,
+    Comm,
+    Method,
+    Status,
+    Tag(String),
+}
+
+impl GroupKey {
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Model => "model",
+            Self::Path => "path",
+            Self::Comm => "comm",
+            Self::Method => "method",
+            Self::Status => "status",
+            Self::Tag(t) => t,
+        }
+    }
+}
+
+impl std::str::FromStr for GroupKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "model" => Self::Model,
+            "path" => Self::Path,
+            "comm" => Self::Comm,
+            "method" => Self::Method,
+            "status" => Self::Status,
+            "" => return Err("empty group key".into()),
+            t if t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
+            {
+                Self::Tag(t.to_owned())
+            }
+            t => return Err(format!("{t:?} is not a field or tag name")),
+        })
+    }
+}
+
+/// A validated `report` invocation, less its inputs.
+#[derive(Debug, Clone)]
+pub struct ReportConfig {
+    pub by: Vec<GroupKey>,
+    /// Unix ns; requests by their start, intervals by their start, `lost` by its time.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub top: usize,
+    /// Prices the idle energy the way the requests' energy was priced.
+    pub prices: Prices,
+}
+
+/// Per-request distributions at 2 significant figures: a report's table needs no more, and it
+/// keeps each group's histograms to a few KiB.
+const SIGFIG: u8 = 2;
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new(SIGFIG).expect("2 significant figures is in range")
+}
+
+#[derive(Debug)]
+struct Group {
+    values: Vec<String>,
+    requests: u64,
+    latency_us: Histogram<u64>,
+    ttft_us: Histogram<u64>,
+    energy_uj: Histogram<u64>,
+    priced: u64,
+    energy_j: f64,
+    cost_usd: f64,
+    co2_g: f64,
+    token_cost_usd: f64,
+    tokens: u64,
+}
+
+impl Group {
+    fn new(values: Vec<String>) -> Self {
+        Self {
+            values,
+            requests: 0,
+            latency_us: histogram(),
+            ttft_us: histogram(),
+            energy_uj: histogram(),
+            priced: 0,
+            energy_j: 0.0,
+            cost_usd: 0.0,
+            co2_g: 0.0,
+            token_cost_usd: 0.0,
+            tokens: 0,
+        }
+    }
+}
+
+/// One of the most expensive requests.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopRequest {
+    pub cost_usd: f64,
+    pub start: String,
+    pub group: Vec<String>,
+    pub model: Option<String>,
+    pub path: Option<String>,
+    pub duration_ms: f64,
+    pub tokens: Option<u64>,
+    pub energy_j: Option<f64>,
+}
+
+/// Ordered by cost for the min-heap of the top N.
+struct ByCost(TopRequest);
+
+impl PartialEq for ByCost {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.cost_usd.total_cmp(&o.0.cost_usd).is_eq()
+    }
+}
+impl Eq for ByCost {}
+impl PartialOrd for ByCost {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for ByCost {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.cost_usd.total_cmp(&o.0.cost_usd)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    requests: u64,
+    priced: u64,
+    partial: u64,
+    energy_j: f64,
+    cost_usd: f64,
+    co2_g: f64,
+    token_cost_usd: f64,
+    tokens: u64,
+    intervals: u64,
+    attributed_j: f64,
+    idle_j: f64,
+    other_j: f64,
+    lost_events: u64,
+    outside_window: u64,
+    first_ns: Option<i64>,
+    last_ns: Option<i64>,
+}
+
+/// Folds records into the report. Feed it lines, then [`Aggregator::finish`].
+pub struct Aggregator {
+    config: ReportConfig,
+    groups: FxHashMap<String, Group>,
+    key: String,
+    totals: Totals,
+    top: BinaryHeap<Reverse<ByCost>>,
+}
+
+impl Aggregator {
+    #[must_use]
+    pub fn new(config: ReportConfig) -> Self {
+        Self {
+            config,
+            groups: FxHashMap::default(),
+            key: String::new(),
+            totals: Totals::default(),
+            top: BinaryHeap::new(),
+        }
+    }
+
+    /// One NDJSON line (without its newline). Blank lines are skipped; record types the report
+    /// does not use (`summary`, `alert`, types newer than this build) are skipped too.
+    pub fn line(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let l = match scan::line(bytes) {
+            Some(l) => l,
+            None => serde_json::from_slice::<record::Line>(bytes).map_err(|e| e.to_string())?,
+        };
+        match &*l.kind {
+            "request" => self.request(&l),
+            "interval" => self.interval(&l),
+            "lost" if self.within(l.time.as_deref()) => {
+                self.totals.lost_events += l.events.unwrap_or(0);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn within(&mut self, stamp: Option<&str>) -> bool {
+        if self.config.since.is_none() && self.config.until.is_none() {
+            return true;
+        }
+        let Some(t) = stamp.and_then(record::unix_nanos) else {
+            return true;
+        };
+        let inside =
+            self.config.since.is_none_or(|s| t >= s) && self.config.until.is_none_or(|u| t < u);
+        if !inside {
+            self.totals.outside_window += 1;
+        }
+        inside
+    }
+
+    fn seen(&mut self, start: Option<&str>, end: Option<&str>) {
+        let t = &mut self.totals;
+        if let Some(s) = start.and_then(record::unix_nanos) {
+            t.first_ns = Some(t.first_ns.map_or(s, |f| f.min(s)));
+        }
+        if let Some(e) = end.and_then(record::unix_nanos) {
+            t.last_ns = Some(t.last_ns.map_or(e, |l| l.max(e)));
+        }
+    }
+
+    fn interval(&mut self, l: &record::Line) {
+        if !self.within(l.start.as_deref()) {
+            return;
+        }
+        self.seen(l.start.as_deref(), l.end.as_deref());
+        let t = &mut self.totals;
+        t.intervals += 1;
+        t.attributed_j += l.attributed_j.unwrap_or(0.0);
+        t.idle_j += l.idle_j.unwrap_or(0.0);
+        t.other_j += l.other_j.unwrap_or(0.0);
+    }
+
+    fn value<'a>(
+        l: &'a record::Line,
+        k: &GroupKey,
+        status: &'a mut itoa::Buffer,
+    ) -> Option<std::borrow::Cow<'a, str>> {
+        use std::borrow::Cow;
+        match k {
+            GroupKey::Model => l.model.as_deref().map(Cow::Borrowed),
+            GroupKey::Path => l.http.as_ref().map(|h| Cow::Borrowed(&*h.path)),
+            GroupKey::Comm => l.comm.as_deref().map(Cow::Borrowed),
+            GroupKey::Method => l.http.as_ref().map(|h| Cow::Borrowed(&*h.method)),
+            GroupKey::Status => l
+                .http
+                .as_ref()
+                .and_then(|h| h.status)
+                .map(|s| Cow::Borrowed(status.format(s))),
+            GroupKey::Tag(t) => l.tags.and_then(|raw| scan::object_string(raw, t)),
+        }
+    }
+
+    fn group(&mut self, l: &record::Line) -> &mut Group {
+        self.key.clear();
+        let mut status = itoa::Buffer::new();
+        for k in &self.config.by {
+            let v = Self::value(l, k, &mut status);
+            self.key.push_str(v.as_deref().unwrap_or(NONE));
+            self.key.push('\x1f');
+        }
+        if !self.groups.contains_key(self.key.as_str()) {
+            let (key, values) = if self.groups.len() < MAX_GROUPS {
+                let values = self
+                    .key
+                    .split_terminator('\x1f')
+                    .map(str::to_owned)
+                    .collect();
+                (self.key.clone(), values)
+            } else {
+                (
+                    OTHER.to_owned(),
+                    vec![OTHER.to_owned(); self.config.by.len()],
+                )
+            };
+            return self.groups.entry(key).or_insert_with(|| Group::new(values));
+        }
+        self.groups
+            .get_mut(self.key.as_str())
+            .expect("checked above")
+    }
+
+    fn request(&mut self, l: &record::Line) {
+        if !self.within(l.start.as_deref()) {
+            return;
+        }
+        self.seen(l.start.as_deref(), l.end.as_deref());
+        let partial = l.flags.is_some_and(|f| f.contains("\"partial\""));
+        let cost = l.cost_usd.map(|c| c.total);
+        let tokens = l.tokens.map(record::Tokens::total).filter(|t| *t > 0);
+        let energy = l.energy_j.map(|e| e.total);
+        let to_top = cost.is_some_and(|c| self.enters_top(c));
+        let g = self.group(l);
+        g.requests += 1;
+        if let Some(d) = l.duration_ms {
+            record_in(&mut g.latency_us, (d * 1e3).round() as u64);
+        }
+        if let Some(f) = l.first_chunk_ms {
+            record_in(&mut g.ttft_us, (f * 1e3).round() as u64);
+        }
+        if let Some(e) = energy {
+            record_in(&mut g.energy_uj, (e * 1e6).round() as u64);
+            g.energy_j += e;
+        }
+        if let Some(c) = cost {
+            g.priced += 1;
+            g.cost_usd += c;
+            g.co2_g += l.co2_g.unwrap_or(0.0);
+            if let Some(t) = tokens {
+                g.tokens += t;
+                g.token_cost_usd += c;
+            }
+        }
+        let group_values = to_top.then(|| g.values.clone());
+        let t = &mut self.totals;
+        t.requests += 1;
+        t.partial += u64::from(partial);
+        if let Some(c) = cost {
+            t.priced += 1;
+            t.cost_usd += c;
+            t.energy_j += energy.unwrap_or(0.0);
+            t.co2_g += l.co2_g.unwrap_or(0.0);
+            if let Some(tk) = tokens {
+                t.tokens += tk;
+                t.token_cost_usd += c;
+            }
+            if let Some(values) = group_values {
+                self.consider_top(l, c, values, tokens, energy);
+            }
+        }
+    }
+
+    fn enters_top(&self, cost: f64) -> bool {
+        self.config.top > 0
+            && (self.top.len() < self.config.top
+                || self
+                    .top
+                    .peek()
+                    .is_some_and(|Reverse(m)| m.0.cost_usd.total_cmp(&cost).is_lt()))
+    }
+
+    fn consider_top(
+        &mut self,
+        l: &record::Line,
+        cost: f64,
+        group: Vec<String>,
+        tokens: Option<u64>,
+        energy_j: Option<f64>,
+    ) {
+        self.top.push(Reverse(ByCost(TopRequest {
+            cost_usd: cost,
+            start: l.start.as_deref().unwrap_or(NONE).to_owned(),
+            group,
+            model: l.model.as_deref().map(str::to_owned),
+            path: l.http.as_ref().map(|h| h.path.to_string()),
+            duration_ms: l.duration_ms.unwrap_or(0.0),
+            tokens,
+            energy_j,
+        })));
+        if self.top.len() > self.config.top {
+            self.top.pop();
+        }
+    }
+
+    /// The report: groups by cost (highest first), the totals and the top requests.
+    #[must_use]
+    pub fn finish(self) -> Report {
+        let total_cost = self.totals.cost_usd;
+        let mut groups: Vec<GroupReport> = self
+            .groups
+            .into_values()
+            .map(|g| GroupReport::of(&g, total_cost))
+            .collect();
+        groups.sort_by(|a, b| {
+            b.cost_usd
+                .total_cmp(&a.cost_usd)
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        let mut top: Vec<TopRequest> = self.top.into_iter().map(|Reverse(b)| b.0).collect();
+        top.sort_by(|a, b| {
+            b.cost_usd
+                .total_cmp(&a.cost_usd)
+                .then_with(|| a.start.cmp(&b.start))
+        });
+        let t = &self.totals;
+        let idle_usd = self
+            .config
+            .prices
+            .energy(crate::units::MicroJoules((t.idle_j * 1e6).round() as u64))
+            .0;
+        let stamp = |ns: Option<i64>| {
+            ns.map(|n| {
+                humantime::format_rfc3339_nanos(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n.max(0) as u64),
+                )
+                .to_string()
+            })
+        };
+        Report {
+            by: self.config.by.iter().map(|k| k.name().to_owned()).collect(),
+            from: stamp(t.first_ns),
+            to: stamp(t.last_ns),
+            groups,
+            totals: TotalsReport {
+                requests: t.requests,
+                priced_requests: t.priced,
+                partial_requests: t.partial,
+                energy_j: t.energy_j,
+                cost_usd: t.cost_usd,
+                co2_g: t.co2_g,
+                usd_per_1k_tokens: per_1k(t.token_cost_usd, t.tokens),
+                tokens: t.tokens,
+                intervals: t.intervals,
+                attributed_j: t.attributed_j,
+                idle_j: t.idle_j,
+                idle_usd,
+                other_j: t.other_j,
+                lost_events: t.lost_events,
+                outside_window: t.outside_window,
+            },
+            top,
+        }
+    }
+}
+
+/// Records into an auto-resizing histogram (which grows to the value; `saturating_record`
+/// would clamp to its current top instead).
+fn record_in(h: &mut Histogram<u64>, v: u64) {
+    let _ = h.record(v.max(1));
+}
+
+fn per_1k(cost: f64, tokens: u64) -> Option<f64> {
+    (tokens > 0).then(|| cost * 1000.0 / tokens as f64)
+}
+
+fn quantile(h: &Histogram<u64>, q: f64, scale: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / scale)
+}
+
+/// The report, as `--json` writes it and the table shows it.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub by: Vec<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub groups: Vec<GroupReport>,
+    pub totals: TotalsReport,
+    pub top: Vec<TopRequest>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupReport {
+    pub key: Vec<String>,
+    pub requests: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub ttft_p50_ms: Option<f64>,
+    pub j_per_request: Option<f64>,
+    pub energy_p50_j: Option<f64>,
+    pub energy_p99_j: Option<f64>,
+    pub usd_per_request: Option<f64>,
+    pub usd_per_1k_tokens: Option<f64>,
+    pub energy_j: f64,
+    pub cost_usd: f64,
+    pub co2_g: f64,
+    /// This group's part of all requests' cost, 0–1.
+    pub share: Option<f64>,
+}
+
+impl GroupReport {
+    fn of(g: &Group, total_cost: f64) -> Self {
+        let mean = |sum: f64| (g.priced > 0).then(|| sum / g.priced as f64);
+        Self {
+            key: g.values.clone(),
+            requests: g.requests,
+            latency_p50_ms: quantile(&g.latency_us, 0.5, 1e3),
+            latency_p99_ms: quantile(&g.latency_us, 0.99, 1e3),
+            ttft_p50_ms: quantile(&g.ttft_us, 0.5, 1e3),
+            j_per_request: mean(g.energy_j),
+            energy_p50_j: quantile(&g.energy_uj, 0.5, 1e6),
+            energy_p99_j: quantile(&g.energy_uj, 0.99, 1e6),
+            usd_per_request: mean(g.cost_usd),
+            usd_per_1k_tokens: per_1k(g.token_cost_usd, g.tokens),
+            energy_j: g.energy_j,
+            cost_usd: g.cost_usd,
+            co2_g: g.co2_g,
+            share: (total_cost > 0.0).then(|| g.cost_usd / total_cost),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TotalsReport {
+    pub requests: u64,
+    pub priced_requests: u64,
+    pub partial_requests: u64,
+    pub energy_j: f64,
+    pub cost_usd: f64,
+    pub co2_g: f64,
+    pub usd_per_1k_tokens: Option<f64>,
+    pub tokens: u64,
+    pub intervals: u64,
+    pub attributed_j: f64,
+    /// Energy the target's devices drew with no request in flight: the idle waste.
+    pub idle_j: f64,
+    /// The idle energy priced like the requests' energy (kWh × PUE × $/kWh).
+    pub idle_usd: f64,
+    pub other_j: f64,
+    pub lost_events: u64,
+    /// Records left out by `--since`/`--until`.
+    pub outside_window: u64,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+//! The terminal table. Figures keep three significant digits: request costs span from 1e-9 $
+//! (a CPU-only demo) to dollars (a long GPU generation), so fixed decimals would hide one end.
+use std::fmt::Write as _;
+
+use super::Report;
+
+/// A number to three significant digits, plain where that reads well and in e-notation where
+/// plain would need more than four leading zeros.
+#[must_use]
+pub fn sig3(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    let a = x.abs();
+    if !(1e-4..1e6).contains(&a) {
+        return format!("{x:.2e}");
+    }
+    let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+    format!("{x:.decimals$}")
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), sig3)
+}
+
+fn usd(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |v| format!("${}", sig3(v)))
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+/// Columns left-aligned for the first `left` of them, right-aligned after.
+fn grid(out: &mut String, rows: &[Vec<String>], left: usize) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            let pad = width[c] - cell.chars().count();
+            if c < left {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            } else {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+/// The report as a terminal table: one row per group, the totals, idle waste, lost events, and
+/// the most expensive requests.
+#[must_use]
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let t = &r.totals;
+    let _ = writeln!(
+        out,
+        "{} requests ({} priced), {} … {}, by {}",
+        t.requests,
+        t.priced_requests,
+        r.from.as_deref().unwrap_or("-"),
+        r.to.as_deref().unwrap_or("-"),
+        r.by.join(",")
+    );
+    out.push('\n');
+    let mut rows = vec![
+        r.by.iter()
+            .cloned()
+            .chain(
+                [
+                    "requests", "p50 ms", "p99 ms", "TTFT p50", "J/req", "$/req", "$/1k tok",
+                    "CO2 g", "cost", "share",
+                ]
+                .map(String::from),
+            )
+            .collect::<Vec<_>>(),
+    ];
+    for g in &r.groups {
+        let mut row = g.key.clone();
+        row.extend([
+            g.requests.to_string(),
+            opt(g.latency_p50_ms),
+            opt(g.latency_p99_ms),
+            opt(g.ttft_p50_ms),
+            opt(g.j_per_request),
+            usd(g.usd_per_request),
+            usd(g.usd_per_1k_tokens),
+            sig3(g.co2_g),
+            usd(Some(g.cost_usd)),
+            pct(g.share),
+        ]);
+        rows.push(row);
+    }
+    let mut total = vec!["total".to_owned()];
+    total.extend(std::iter::repeat_n(
+        String::new(),
+        r.by.len().saturating_sub(1),
+    ));
+    let per_req = (t.priced_requests > 0).then(|| t.cost_usd / t.priced_requests as f64);
+    let j_per_req = (t.priced_requests > 0).then(|| t.energy_j / t.priced_requests as f64);
+    total.extend([
+        t.requests.to_string(),
+        String::new(),
+        String::new(),
+        String::new(),
+        opt(j_per_req),
+        usd(per_req),
+        usd(t.usd_per_1k_tokens),
+        sig3(t.co2_g),
+        usd(Some(t.cost_usd)),
+        if t.cost_usd > 0.0 {
+            "100.0%".into()
+        } else {
+            "-".into()
+        },
+    ]);
+    rows.push(total);
+    grid(&mut out, &rows, r.by.len());
+    out.push('\n');
+    footer(&mut out, r);
+    out
+}
+
+/// Idle waste, energy not priced, lost events, and the most expensive requests.
+fn footer(out: &mut String, r: &Report) {
+    let t = &r.totals;
+    let idle_share =
+        (t.cost_usd + t.idle_usd > 0.0).then(|| t.idle_usd / (t.cost_usd + t.idle_usd));
+    let _ = writeln!(
+        out,
+        "energy over {} intervals: {} J to requests, {} J idle, {} J other processes (not priced)",
+        t.intervals,
+        sig3(t.attributed_j),
+        sig3(t.idle_j),
+        sig3(t.other_j)
+    );
+    let _ = writeln!(
+        out,
+        "idle waste: {} J, {} ({} of requests + idle)",
+        sig3(t.idle_j),
+        usd(Some(t.idle_usd)),
+        pct(idle_share)
+    );
+    let _ = writeln!(
+        out,
+        "lost events: {}; partial requests: {}",
+        t.lost_events, t.partial_requests
+    );
+    if t.outside_window > 0 {
+        let _ = writeln!(
+            out,
+            "left out by --since/--until: {} records",
+            t.outside_window
+        );
+    }
+    if !r.top.is_empty() {
+        let _ = writeln!(out, "\nmost expensive requests:");
+        let mut rows = vec![
+            [
+                "cost", "start", "group", "model", "path", "ms", "tokens", "J",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for q in &r.top {
+            rows.push(vec![
+                usd(Some(q.cost_usd)),
+                q.start.clone(),
+                q.group.join(","),
+                q.model.clone().unwrap_or_else(|| "-".into()),
+                q.path.clone().unwrap_or_else(|| "-".into()),
+                sig3(q.duration_ms),
+                q.tokens.map_or_else(|| "-".into(), |n| n.to_string()),
+                opt(q.energy_j),
+            ]);
+        }
+        grid(out, &rows, 5);
+    }
+}

@@ -1,0 +1,160 @@
+use super::*;
+
+fn prices() -> Prices {
+    Prices {
+        usd_per_kwh: 0.1,
+        pue: 2.0,
+        carbon_g_per_kwh: 300.0,
+        gpu_usd_per_hour: 3.0,
+        cpu_usd_per_core_hour: 0.05,
+    }
+}
+
+fn config(by: &[&str], top: usize) -> ReportConfig {
+    ReportConfig {
+        by: by.iter().map(|k| k.parse().unwrap()).collect(),
+        since: None,
+        until: None,
+        top,
+        prices: prices(),
+    }
+}
+
+fn request(start: &str, model: &str, team: &str, ms: f64, j: f64, usd: f64, tokens: u64) -> String {
+    format!(
+        r#"{{"v":1,"type":"request","start":"{start}","end":"{start}","duration_ms":{ms},"pid":1,"comm":"srv","conn":{{}},"protocol":"http1","http":{{"method":"POST","path":"/v1/chat/completions","status":200}},"bytes":{{"in":1,"out":2}},"first_chunk_ms":{ttft},"model":"{model}","tokens":{{"prompt":{p},"completion":{c}}},"energy_j":{{"gpu":{j},"cpu":0.0,"dram":0.0,"total":{j}}},"attribution":{{"method":"stream"}},"cost_usd":{{"energy":0.0,"capacity":{usd},"total":{usd}}},"co2_g":0.5,"tags":{{"team":"{team}"}},"flags":["streamed"]}}"#,
+        ttft = ms / 10.0,
+        p = tokens / 2,
+        c = tokens - tokens / 2,
+    )
+}
+
+fn feed(agg: &mut Aggregator, lines: &[String]) {
+    for l in lines {
+        agg.line(l.as_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn groups_sum_share_and_price_per_token_known_answers() {
+    let mut agg = Aggregator::new(config(&["team"], 2));
+    feed(
+        &mut agg,
+        &[
+            request("2026-01-01T00:00:00Z", "a", "x", 100.0, 1.0, 0.01, 100),
+            request("2026-01-01T00:00:01Z", "a", "x", 300.0, 3.0, 0.03, 200),
+            request("2026-01-01T00:00:02Z", "b", "y", 200.0, 2.0, 0.06, 0),
+        ],
+    );
+    let r = agg.finish();
+    assert_eq!(r.groups.len(), 2);
+    let (y, x) = (&r.groups[0], &r.groups[1]);
+    assert_eq!(y.key, ["y"]);
+    assert_eq!(x.key, ["x"]);
+    assert_eq!(x.requests, 2);
+    assert!((x.cost_usd - 0.04).abs() < 1e-12);
+    assert!((x.share.unwrap() - 0.4).abs() < 1e-12);
+    assert!((y.share.unwrap() - 0.6).abs() < 1e-12);
+    // 0.04 $ over 300 tokens; the request without tokens has no $/1k tokens.
+    assert!((x.usd_per_1k_tokens.unwrap() - 0.04 / 0.3).abs() < 1e-12);
+    assert_eq!(y.usd_per_1k_tokens, None);
+    assert!((x.j_per_request.unwrap() - 2.0).abs() < 1e-12);
+    assert!((x.latency_p99_ms.unwrap() - 300.0).abs() < 300.0 * 0.01);
+    assert!((x.ttft_p50_ms.unwrap() - 10.0).abs() < 0.1);
+    assert_eq!(r.totals.requests, 3);
+    assert!((r.totals.cost_usd - 0.1).abs() < 1e-12);
+    assert!((r.totals.usd_per_1k_tokens.unwrap() - 0.04 / 0.3).abs() < 1e-12);
+    assert_eq!(r.top.len(), 2);
+    assert!((r.top[0].cost_usd - 0.06).abs() < 1e-12);
+    assert!((r.top[1].cost_usd - 0.03).abs() < 1e-12);
+    assert_eq!(r.from.as_deref(), Some("2026-01-01T00:00:00.000000000Z"));
+}
+
+#[test]
+fn idle_energy_is_priced_like_requests_energy() {
+    let mut agg = Aggregator::new(config(&["model"], 0));
+    // 3.6 MJ = 1 kWh IT energy; × PUE 2 × 0.1 $/kWh = 0.2 $.
+    agg.line(br#"{"v":1,"type":"interval","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:01Z","measured_j":{"gpu:0":3600010.0},"attributed_j":4.0,"idle_j":3600000.0,"other_j":6.0,"active_requests":0,"domains":[],"sampler_us":1.0}"#).unwrap();
+    agg.line(br#"{"v":1,"type":"lost","time":"2026-01-01T00:00:01Z","events":7}"#)
+        .unwrap();
+    agg.line(br#"{"v":1,"type":"summary","groups":[],"totals":{}}"#)
+        .unwrap();
+    let t = agg.finish().totals;
+    assert!((t.idle_usd - 0.2).abs() < 1e-9, "{}", t.idle_usd);
+    assert_eq!((t.intervals, t.lost_events), (1, 7));
+    assert!((t.attributed_j - 4.0).abs() < 1e-12 && (t.other_j - 6.0).abs() < 1e-12);
+}
+
+#[test]
+fn since_and_until_keep_a_half_open_window() {
+    let mut c = config(&["model"], 0);
+    c.since = record::unix_nanos("2026-01-01T00:00:01Z");
+    c.until = record::unix_nanos("2026-01-01T00:00:02Z");
+    let mut agg = Aggregator::new(c);
+    feed(
+        &mut agg,
+        &[
+            request("2026-01-01T00:00:00.999Z", "a", "x", 1.0, 1.0, 1.0, 1),
+            request("2026-01-01T00:00:01Z", "a", "x", 1.0, 1.0, 2.0, 1),
+            request("2026-01-01T00:00:02Z", "a", "x", 1.0, 1.0, 4.0, 1),
+        ],
+    );
+    let r = agg.finish();
+    assert_eq!(r.totals.requests, 1);
+    assert!((r.totals.cost_usd - 2.0).abs() < 1e-12);
+    assert_eq!(r.totals.outside_window, 2);
+}
+
+#[test]
+fn groups_past_the_cap_fold_into_other() {
+    let mut agg = Aggregator::new(config(&["team"], 0));
+    for i in 0..=MAX_GROUPS {
+        agg.line(
+            request(
+                "2026-01-01T00:00:00Z",
+                "m",
+                &format!("t{i}"),
+                1.0,
+                1.0,
+                1.0,
+                1,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    }
+    let r = agg.finish();
+    assert_eq!(r.groups.len(), MAX_GROUPS + 1);
+    assert!(r.groups.iter().any(|g| g.key == [OTHER] && g.requests == 1));
+}
+
+#[test]
+fn a_missing_key_is_a_dash_and_a_bad_line_an_error() {
+    let mut agg = Aggregator::new(config(&["model", "region"], 0));
+    agg.line(br#"{"v":1,"type":"request","duration_ms":1.0}"#)
+        .unwrap();
+    agg.line(b"  \n").unwrap();
+    assert!(agg.line(b"{\"v\":1,\"type\":").is_err());
+    assert!(agg.line(b"not json").is_err());
+    let r = agg.finish();
+    assert_eq!(r.groups[0].key, ["-", "-"]);
+    assert_eq!(r.groups[0].usd_per_request, None);
+}
+
+#[test]
+fn group_keys_are_checked_at_the_edge() {
+    assert_eq!("model".parse::<GroupKey>(), Ok(GroupKey::Model));
+    assert_eq!("team".parse::<GroupKey>(), Ok(GroupKey::Tag("team".into())));
+    assert!("".parse::<GroupKey>().is_err());
+    assert!("a b".parse::<GroupKey>().is_err());
+}
+
+#[test]
+fn sig3_keeps_three_significant_digits() {
+    assert_eq!(render::sig3(0.0), "0");
+    assert_eq!(render::sig3(123.456), "123");
+    assert_eq!(render::sig3(1.23456), "1.23");
+    assert_eq!(render::sig3(0.00707), "0.00707");
+    assert_eq!(render::sig3(1.26e-7), "1.26e-7");
+    assert_eq!(render::sig3(2.5e7), "2.50e7");
+}
