@@ -345,5 +345,6 @@ fn test(filter: &[String]) -> anyhow::Result<()> {
 fn demo() -> anyhow::Result<()> {
     setup(false)?;
     build_release()?;
-    run(Command::new("target/release/cost-probe").arg("demo"))
+    // The records go to a file and the demo ends with `cost-probe report`'s table of them.
+    run(Command::new("target/release/cost-probe").args(["demo", "--output", "target/demo.ndjson"]))
 }

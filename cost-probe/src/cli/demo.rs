@@ -1,9 +1,14 @@
 //! `cost-probe demo`: a sample streaming server, a small load, and the records.
-use std::path::PathBuf;
+use std::{io::Write, path::PathBuf};
 
-use crate::runtime::{
-    RuntimeError,
-    demo::{self, DemoConfig},
+use crate::{
+    output::OutputTarget,
+    pricing::Prices,
+    report::{self, Aggregator, Input, ReportConfig},
+    runtime::{
+        RuntimeError,
+        demo::{self, DemoConfig},
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -17,15 +22,60 @@ pub struct DemoArgs {
     /// Rules directory (pricing, tags); the built-in defaults when absent.
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Write the records to FILE (emptied first) and end with `cost-probe report`'s table of
+    /// them; without it the records go to stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), RuntimeError> {
+    let rules = super::rules(args.rules.as_deref())?;
+    let prices = Prices::from_rules(&rules, None);
+    let output = match &args.output {
+        // The file sink appends (for logrotate); a demo's file holds one run.
+        Some(p) => std::fs::File::create(p)
+            .map(|_| OutputTarget::File(p.clone()))
+            .map_err(|source| RuntimeError::Open {
+                target: p.display().to_string(),
+                source,
+            })?,
+        None => OutputTarget::Stdout,
+    };
     demo::run(DemoConfig {
-        rules: super::rules(args.rules.as_deref())?,
+        rules,
         requests: args.requests,
         concurrency: args.concurrency,
+        output,
     })
-    .await
+    .await?;
+    let Some(path) = args.output else {
+        return Ok(());
+    };
+    let mut agg = Aggregator::new(ReportConfig {
+        by: vec![
+            report::GroupKey::Tag("endpoint".into()),
+            report::GroupKey::Model,
+        ],
+        since: None,
+        until: None,
+        top: 3,
+        prices,
+    });
+    report::read_inputs(&[Input::File(path.clone())], &mut agg)
+        .map_err(|e| RuntimeError::Run(e.into()))?;
+    let table = report::table(&agg.finish());
+    let mut out = std::io::stdout().lock();
+    match out.write_all(table.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(RuntimeError::Finish(e));
+        }
+        _ => {}
+    }
+    eprintln!(
+        "demo: the records are in {p}; `cost-probe report {p} --by …` regroups them",
+        p = path.display()
+    );
+    Ok(())
 }
 
 /// The demo's sample server (`cost-probe demo-server`).

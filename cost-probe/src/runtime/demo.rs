@@ -30,6 +30,7 @@ pub struct DemoConfig {
     pub requests: u32,
     /// Concurrent client connections (keep-alive).
     pub concurrency: u32,
+    pub output: OutputTarget,
 }
 
 fn demo_error(what: impl std::fmt::Display) -> RuntimeError {
@@ -64,7 +65,7 @@ pub async fn run(config: DemoConfig) -> Result<(), RuntimeError> {
     let attach = AttachConfig {
         session: SessionConfig {
             rules: config.rules,
-            output: OutputTarget::Stdout,
+            output: config.output,
             interval: Duration::from_millis(100),
             proc: ProcFs::default(),
             otlp: None,
@@ -107,7 +108,7 @@ pub async fn run(config: DemoConfig) -> Result<(), RuntimeError> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let result = joined(tracer.await);
-    eprintln!("demo: {ok} requests completed; the records above are what cost-probe saw");
+    eprintln!("demo: {ok} requests completed");
     let _ = server.kill().await;
     result
 }
