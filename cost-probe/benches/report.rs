@@ -36,6 +36,7 @@ fn report(c: &mut Criterion) {
                 until: None,
                 top: 5,
                 prices,
+                budgets: Vec::new(),
             });
             read_from("bench", &buf[..], &mut agg).unwrap();
             black_box(agg.finish())

@@ -20,6 +20,7 @@ fn run(inputs: &[Input], by: &[&str]) -> report::Report {
         until: None,
         top: 5,
         prices: Prices::from_rules(&Rules::builtin().unwrap(), None),
+        budgets: Vec::new(),
     });
     report::read_inputs(inputs, &mut agg).unwrap();
     agg.finish()
@@ -121,6 +122,7 @@ fn a_line_that_is_not_a_record_names_its_file_and_line() {
         until: None,
         top: 0,
         prices: Prices::from_rules(&Rules::builtin().unwrap(), None),
+        budgets: Vec::new(),
     });
     let e = report::read_inputs(&[Input::File(p.clone())], &mut agg)
         .unwrap_err()

@@ -60,6 +60,7 @@ pub async fn run(args: DemoArgs) -> Result<(), RuntimeError> {
         until: None,
         top: 3,
         prices,
+        budgets: Vec::new(),
     });
     report::read_inputs(&[Input::File(path.clone())], &mut agg)
         .map_err(|e| RuntimeError::Run(e.into()))?;

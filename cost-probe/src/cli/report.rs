@@ -80,6 +80,7 @@ fn report(args: &ReportArgs) -> Result<(), Failure> {
         until: args.until,
         top: args.top,
         prices: Prices::from_rules(&rules, None),
+        budgets: rules.budgets.clone(),
     });
     report::read_inputs(&inputs, &mut agg).map_err(|e| input(&e))?;
     let r = agg.finish();

@@ -4,6 +4,7 @@
 //! histograms and sums, and dropped. Memory is bounded by the group cap ([`MAX_GROUPS`]; past it
 //! requests fold into `(other)`), the top-N heap and the histograms' fixed precision, not by the
 //! number of records.
+pub mod forecast;
 mod input;
 pub mod record;
 mod render;
@@ -18,7 +19,8 @@ use serde::Serialize;
 pub use input::{Input, read_from, read_inputs};
 pub use render::table;
 
-use crate::pricing::Prices;
+use crate::{pricing::Prices, rules::Budget};
+use forecast::{BudgetPosition, Projection, Series};
 
 /// Groups kept apart; past this, new groups fold into one `(other)` group.
 pub const MAX_GROUPS: usize = 1000;
@@ -98,6 +100,8 @@ pub struct ReportConfig {
     pub top: usize,
     /// Prices the idle energy the way the requests' energy was priced.
     pub prices: Prices,
+    /// `[[budget]]` rules to place the spend against.
+    pub budgets: Vec<Budget>,
 }
 
 /// Per-request distributions at 2 significant figures: a report's table needs no more, and it
@@ -121,6 +125,7 @@ struct Group {
     co2_g: f64,
     token_cost_usd: f64,
     tokens: u64,
+    spend: Series,
 }
 
 impl Group {
@@ -137,6 +142,7 @@ impl Group {
             co2_g: 0.0,
             token_cost_usd: 0.0,
             tokens: 0,
+            spend: Series::default(),
         }
     }
 }
@@ -201,17 +207,22 @@ pub struct Aggregator {
     key: String,
     totals: Totals,
     top: BinaryHeap<Reverse<ByCost>>,
+    spend: Series,
+    /// One series per `[[budget]]`, of the requests its tags select.
+    budget_spend: Vec<Series>,
 }
 
 impl Aggregator {
     #[must_use]
     pub fn new(config: ReportConfig) -> Self {
         Self {
-            config,
             groups: FxHashMap::default(),
             key: String::new(),
             totals: Totals::default(),
             top: BinaryHeap::new(),
+            spend: Series::default(),
+            budget_spend: vec![Series::default(); config.budgets.len()],
+            config,
         }
     }
 
@@ -251,14 +262,17 @@ impl Aggregator {
         inside
     }
 
-    fn seen(&mut self, start: Option<&str>, end: Option<&str>) {
+    /// Widens the observed window; returns the start.
+    fn seen(&mut self, start: Option<&str>, end: Option<&str>) -> Option<i64> {
         let t = &mut self.totals;
-        if let Some(s) = start.and_then(record::unix_nanos) {
+        let start = start.and_then(record::unix_nanos);
+        if let Some(s) = start {
             t.first_ns = Some(t.first_ns.map_or(s, |f| f.min(s)));
         }
         if let Some(e) = end.and_then(record::unix_nanos) {
             t.last_ns = Some(t.last_ns.map_or(e, |l| l.max(e)));
         }
+        start
     }
 
     fn interval(&mut self, l: &record::Line) {
@@ -326,7 +340,7 @@ impl Aggregator {
         if !self.within(l.start.as_deref()) {
             return;
         }
-        self.seen(l.start.as_deref(), l.end.as_deref());
+        let at = self.seen(l.start.as_deref(), l.end.as_deref());
         let partial = l.flags.is_some_and(|f| f.contains("\"partial\""));
         let cost = l.cost_usd.map(|c| c.total);
         let tokens = l.tokens.map(record::Tokens::total).filter(|t| *t > 0);
@@ -352,6 +366,9 @@ impl Aggregator {
                 g.tokens += t;
                 g.token_cost_usd += c;
             }
+            if let Some(at) = at {
+                g.spend.add(at, c);
+            }
         }
         let group_values = to_top.then(|| g.values.clone());
         let t = &mut self.totals;
@@ -365,6 +382,19 @@ impl Aggregator {
             if let Some(tk) = tokens {
                 t.tokens += tk;
                 t.token_cost_usd += c;
+            }
+            if let Some(at) = at {
+                self.spend.add(at, c);
+                for (b, series) in self.config.budgets.iter().zip(&mut self.budget_spend) {
+                    let selected = b.tags.iter().all(|(k, v)| {
+                        l.tags
+                            .and_then(|raw| scan::object_string(raw, k))
+                            .is_some_and(|got| got == v.as_str())
+                    });
+                    if selected {
+                        series.add(at, c);
+                    }
+                }
             }
             if let Some(values) = group_values {
                 self.consider_top(l, c, values, tokens, energy);
@@ -408,11 +438,27 @@ impl Aggregator {
     #[must_use]
     pub fn finish(self) -> Report {
         let total_cost = self.totals.cost_usd;
+        let window = self.totals.first_ns.zip(self.totals.last_ns);
+        let month = |s: &Series| {
+            window.map(|(f, l)| forecast::project(s, f, l, crate::rules::schema::Period::Month))
+        };
         let mut groups: Vec<GroupReport> = self
             .groups
             .into_values()
-            .map(|g| GroupReport::of(&g, total_cost))
+            .map(|g| {
+                let mut r = GroupReport::of(&g, total_cost);
+                r.month_end = month(&g.spend);
+                r
+            })
             .collect();
+        let budgets = window.map_or_else(Vec::new, |(f, l)| {
+            self.config
+                .budgets
+                .iter()
+                .zip(&self.budget_spend)
+                .map(|(b, s)| forecast::budget(b, s, f, l))
+                .collect()
+        });
         groups.sort_by(|a, b| {
             b.cost_usd
                 .total_cmp(&a.cost_usd)
@@ -443,6 +489,9 @@ impl Aggregator {
             from: stamp(t.first_ns),
             to: stamp(t.last_ns),
             groups,
+            forecast_method: forecast::METHOD,
+            month_end: month(&self.spend),
+            budgets,
             totals: TotalsReport {
                 requests: t.requests,
                 priced_requests: t.priced,
@@ -488,6 +537,10 @@ pub struct Report {
     pub groups: Vec<GroupReport>,
     pub totals: TotalsReport,
     pub top: Vec<TopRequest>,
+    pub forecast_method: &'static str,
+    /// All requests' spend projected to the end of the month of the last record.
+    pub month_end: Option<Projection>,
+    pub budgets: Vec<BudgetPosition>,
 }
 
 #[derive(Debug, Serialize)]
@@ -507,6 +560,7 @@ pub struct GroupReport {
     pub co2_g: f64,
     /// This group's part of all requests' cost, 0–1.
     pub share: Option<f64>,
+    pub month_end: Option<Projection>,
 }
 
 impl GroupReport {
@@ -527,6 +581,7 @@ impl GroupReport {
             cost_usd: g.cost_usd,
             co2_g: g.co2_g,
             share: (total_cost > 0.0).then(|| g.cost_usd / total_cost),
+            month_end: None,
         }
     }
 }

@@ -134,7 +134,66 @@ pub fn table(r: &Report) -> String {
     grid(&mut out, &rows, r.by.len());
     out.push('\n');
     footer(&mut out, r);
+    forecast(&mut out, r);
     out
+}
+
+/// Month-end projections per group and in total, and each budget's position.
+fn forecast(out: &mut String, r: &Report) {
+    let Some(total) = &r.month_end else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nforecast to {} (this month so far and the observed rate):",
+        total.period_end
+    );
+    let mut rows = vec![
+        r.by.iter()
+            .cloned()
+            .chain(["spent", "$/hour", "month end", "low", "high"].map(String::from))
+            .collect::<Vec<_>>(),
+    ];
+    let row = |key: Vec<String>, p: &super::Projection| {
+        let mut v = key;
+        v.extend([
+            usd(Some(p.spent_usd)),
+            usd(Some(p.usd_per_hour)),
+            usd(Some(p.projected_usd)),
+            usd(p.projected_low_usd),
+            usd(p.projected_high_usd),
+        ]);
+        v
+    };
+    for g in &r.groups {
+        if let Some(p) = &g.month_end {
+            rows.push(row(g.key.clone(), p));
+        }
+    }
+    let mut key = vec!["total".to_owned()];
+    key.extend(std::iter::repeat_n(
+        String::new(),
+        r.by.len().saturating_sub(1),
+    ));
+    rows.push(row(key, total));
+    grid(out, &rows, r.by.len());
+    for b in &r.budgets {
+        let _ = writeln!(
+            out,
+            "budget {} ({} … {}, {}): spent {} ({}), projected {} ({}; {} to {})",
+            b.name,
+            b.projection.period_start,
+            b.projection.period_end,
+            usd(Some(b.amount_usd)),
+            usd(Some(b.projection.spent_usd)),
+            pct(Some(b.used)),
+            usd(Some(b.projection.projected_usd)),
+            pct(Some(b.projected_used)),
+            usd(b.projection.projected_low_usd),
+            usd(b.projection.projected_high_usd),
+        );
+    }
+    let _ = writeln!(out, "method: {}", r.forecast_method);
 }
 
 /// Idle waste, energy not priced, lost events, and the most expensive requests.

@@ -17,6 +17,7 @@ fn config(by: &[&str], top: usize) -> ReportConfig {
         until: None,
         top,
         prices: prices(),
+        budgets: Vec::new(),
     }
 }
 
@@ -157,4 +158,122 @@ fn sig3_keeps_three_significant_digits() {
     assert_eq!(render::sig3(0.00707), "0.00707");
     assert_eq!(render::sig3(1.26e-7), "1.26e-7");
     assert_eq!(render::sig3(2.5e7), "2.50e7");
+}
+
+fn interval(start: &str, end: &str) -> String {
+    format!(
+        r#"{{"v":1,"type":"interval","start":"{start}","end":"{end}","measured_j":{{}},"attributed_j":0.0,"idle_j":0.0,"other_j":0.0,"active_requests":0,"domains":[],"sampler_us":1.0}}"#
+    )
+}
+
+/// Four minutes of records from 2026-01-10T00:00:00Z: 24 sub-windows of 10 s (100 buckets of
+/// 100 ms each, so they align exactly), `per_second` requests of 0.6 $ a second in those
+/// `active` selects.
+fn window(active: impl Fn(i64) -> bool, per_second: i64, config: ReportConfig) -> Report {
+    let mut agg = Aggregator::new(config);
+    let t0 = record::unix_nanos("2026-01-10T00:00:00Z").unwrap();
+    agg.line(interval("2026-01-10T00:00:00Z", "2026-01-10T00:04:00Z").as_bytes())
+        .unwrap();
+    for sec in 0..240 {
+        if !active(sec / 10) {
+            continue;
+        }
+        for k in 0..per_second {
+            let t = t0 + sec * 1_000_000_000 + k * 200_000_000;
+            let s = humantime::format_rfc3339_nanos(
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(t as u64),
+            )
+            .to_string();
+            agg.line(request(&s, "a", "x", 1.0, 1.0, 0.6, 1).as_bytes())
+                .unwrap();
+        }
+    }
+    agg.finish()
+}
+
+/// Seconds from the window's end (00:04) to 2026-02-01.
+const LEFT_IN_MONTH: f64 = 21.0 * 86_400.0 + 86_400.0 - 240.0;
+
+#[test]
+fn forecast_at_a_steady_rate_is_exact_with_no_spread() {
+    let r = window(|_| true, 1, config(&["model"], 0));
+    let p = r.month_end.unwrap();
+    // 240 × 0.6 $ over 240 s = 0.6 $/s = 2,160 $/h.
+    assert!((p.spent_usd - 144.0).abs() < 1e-9);
+    assert!((p.usd_per_hour - 2160.0).abs() < 1e-6);
+    let want = 144.0 + 0.6 * LEFT_IN_MONTH;
+    assert!((p.projected_usd - want).abs() < 1e-6, "{p:?}");
+    assert!((p.projected_low_usd.unwrap() - want).abs() < 1e-6, "{p:?}");
+    assert!((p.projected_high_usd.unwrap() - want).abs() < 1e-6, "{p:?}");
+    assert_eq!(p.period_end, "2026-02-01T00:00:00Z");
+    assert_eq!(r.groups[0].month_end.as_ref(), Some(&p));
+}
+
+#[test]
+fn forecast_range_is_the_spread_of_sub_window_rates() {
+    // Every other sub-window at twice the rate: the same mean, sub-window rates of 0 and 1.2 $/s.
+    let r = window(|j| j % 2 == 0, 2, config(&["model"], 0));
+    let p = r.month_end.unwrap();
+    assert!((p.spent_usd - 144.0).abs() < 1e-9);
+    assert!(
+        (p.projected_usd - (144.0 + 0.6 * LEFT_IN_MONTH)).abs() < 1e-6,
+        "{p:?}"
+    );
+    assert!((p.projected_low_usd.unwrap() - 144.0).abs() < 1e-6, "{p:?}");
+    let high = 144.0 + 1.2 * LEFT_IN_MONTH;
+    assert!((p.projected_high_usd.unwrap() - high).abs() < 1e-6, "{p:?}");
+}
+
+#[test]
+fn a_budget_counts_only_its_tags_and_its_period() {
+    let mut c = config(&["model"], 0);
+    c.budgets = vec![
+        Budget {
+            name: "team-x-day".into(),
+            period: crate::rules::schema::Period::Day,
+            amount_usd: 100_000.0,
+            alert_at: vec![1.0],
+            tags: [("team".to_owned(), "x".to_owned())].into(),
+        },
+        Budget {
+            name: "team-y-hour".into(),
+            period: crate::rules::schema::Period::Hour,
+            amount_usd: 1.0,
+            alert_at: vec![1.0],
+            tags: [("team".to_owned(), "y".to_owned())].into(),
+        },
+    ];
+    let r = window(|_| true, 1, c);
+    let (x, y) = (&r.budgets[0], &r.budgets[1]);
+    assert_eq!(x.projection.period_start, "2026-01-10T00:00:00Z");
+    assert!((x.projection.spent_usd - 144.0).abs() < 1e-9);
+    let want = 144.0 + 0.6 * (86_400.0 - 240.0);
+    assert!((x.projection.projected_usd - want).abs() < 1e-6);
+    assert!((x.used - 144.0 / 100_000.0).abs() < 1e-12);
+    assert!((x.projected_used - want / 100_000.0).abs() < 1e-9);
+    assert!(y.projection.spent_usd.abs() < 1e-12 && y.projection.projected_usd.abs() < 1e-12);
+}
+
+#[test]
+fn a_window_shorter_than_24_buckets_has_no_range() {
+    let mut agg = Aggregator::new(config(&["model"], 0));
+    agg.line(request("2026-01-10T00:00:00Z", "a", "x", 1.0, 1.0, 1.0, 1).as_bytes())
+        .unwrap();
+    agg.line(request("2026-01-10T00:00:01Z", "a", "x", 1.0, 1.0, 1.0, 1).as_bytes())
+        .unwrap();
+    let p = agg.finish().month_end.unwrap();
+    assert_eq!((p.projected_low_usd, p.projected_high_usd), (None, None));
+    assert!((p.usd_per_hour - 7200.0).abs() < 1e-6);
+}
+
+#[test]
+fn a_series_past_its_bucket_cap_coarsens_and_keeps_every_dollar() {
+    let mut s = forecast::Series::default();
+    // Out of order, over ~5 days of 100 ms buckets.
+    for i in (0..5000i64).rev() {
+        s.add(i * 86_400_000_000, 1.0);
+    }
+    let pts: Vec<_> = s.points().collect();
+    assert!(pts.len() <= 4096);
+    assert!((pts.iter().map(|p| p.2).sum::<f64>() - 5000.0).abs() < 1e-9);
 }
