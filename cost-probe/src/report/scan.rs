@@ -18,6 +18,28 @@ struct Scan<'a> {
     i: usize,
 }
 
+const OTHER: u8 = 0;
+const QUOTE: u8 = 1;
+const OPEN: u8 = 2;
+const CLOSE: u8 = 3;
+const END: u8 = 4;
+
+/// What each byte is to [`Scan::skip`].
+static CLASS: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    t[b'"' as usize] = QUOTE;
+    t[b'{' as usize] = OPEN;
+    t[b'[' as usize] = OPEN;
+    t[b'}' as usize] = CLOSE;
+    t[b']' as usize] = CLOSE;
+    t[b',' as usize] = END;
+    t[b' ' as usize] = END;
+    t[b'\t' as usize] = END;
+    t[b'\n' as usize] = END;
+    t[b'\r' as usize] = END;
+    t
+};
+
 #[expect(
     clippy::option_option,
     reason = "outer None: the fast path gives up; inner None: the value was null"
@@ -110,40 +132,52 @@ impl<'a> Scan<'a> {
         self.token()?.parse().ok().map(Some)
     }
 
-    /// Jumps over one value of any type.
+    /// Jumps over one value of any type. Most of a line is skipped, so this is the hot loop:
+    /// the position lives in a local and each byte costs one table look-up.
     fn skip(&mut self) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.raw_string().map(|_| ()),
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    match *self.b.get(self.i)? {
-                        b'"' => {
-                            self.raw_string()?;
-                            continue;
+        let b = self.b;
+        let start = {
+            self.ws();
+            self.i
+        };
+        let mut i = start;
+        let mut depth = 0usize;
+        loop {
+            match CLASS[*b.get(i)? as usize] {
+                QUOTE => {
+                    i += 1;
+                    loop {
+                        match *b.get(i)? {
+                            b'"' => break,
+                            b'\\' => i += 2,
+                            _ => i += 1,
                         }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                self.i += 1;
-                                return Some(());
-                            }
-                        }
-                        _ => {}
                     }
-                    self.i += 1;
+                    i += 1;
+                }
+                OPEN => {
+                    depth += 1;
+                    i += 1;
+                    continue;
+                }
+                CLOSE if depth > 0 => {
+                    depth -= 1;
+                    i += 1;
+                }
+                END if depth > 0 => {
+                    i += 1;
+                    continue;
+                }
+                // At the top, a scalar ends at a comma, a closing bracket or white space.
+                CLOSE | END => {}
+                _ => {
+                    i += 1;
+                    continue;
                 }
             }
-            _ => {
-                let s = self.i;
-                while let Some(&c) = self.b.get(self.i) {
-                    if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                        break;
-                    }
-                    self.i += 1;
-                }
-                (self.i > s).then_some(())
+            if depth == 0 {
+                self.i = i;
+                return (i > start).then_some(());
             }
         }
     }
@@ -367,6 +401,8 @@ mod tests {
             r#" { "type" : "request" , "model" : "a\"b\u00e9" , "tags" : { "team" : "x" } , "http" : { "path" : "/p" , "method" : "GET" , "status" : null } } "#,
             r#"{"type":"request","x":[{"y":"]}"},[[]]],"duration_ms":1e3,"tokens":{"prompt":3},"cost_usd":null}"#,
             r#"{"type":"lost","time":"t","events":12}"#,
+            r#"{"z":true, "w":[1, 2 ,{"a" : "b\"]}"}] ,"q":false,"type":"lost","events":3 }"#,
+            r#"{"type":"lost","w":[1,2"#,
             r#"{"type":"interval","measured_j":{"gpu:0":1.5},"idle_j":-0.0,"domains":[]}"#,
             r#"{"type":"request","cost_usd":{"energy":1}}"#,
             r#"{"type":"request","http":{"method":"GET","path":"/","status":70000}}"#,
