@@ -146,6 +146,23 @@ impl Server {
             .arg("0");
         Self::start(cmd, Duration::from_secs(10))
     }
+
+    /// llama.cpp's server (`tests/servers/llama_server.py` in `.venv-llama/`), with
+    /// environment overrides such as `LLAMA_N_PARALLEL`.
+    #[must_use]
+    pub fn llama(env: &[(&str, &str)]) -> Self {
+        let py = workspace().join(".venv-llama/bin/python");
+        assert!(
+            py.exists(),
+            "{} missing: run `cargo xtask setup --test-deps`",
+            py.display()
+        );
+        let mut cmd = Command::new(py);
+        cmd.arg(workspace().join("tests/servers/llama_server.py"))
+            .arg("0")
+            .envs(env.iter().copied());
+        Self::start(cmd, Duration::from_mins(3))
+    }
 }
 
 /// nginx in the foreground (`daemon off`), serving a directory on a free loopback port, with

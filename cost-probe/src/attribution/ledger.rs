@@ -474,8 +474,8 @@ impl Ledger {
         any
     }
 
-    /// Time within the interval during which at least one active span was open.
-    fn open_time(&mut self, iv: &DomainInterval) -> u64 {
+    /// Fills `items` with each active span's whole open time.
+    fn open_items(&mut self) {
         self.items.clear();
         for (k, &slot) in self.active.iter().enumerate() {
             let span = &self.spans[slot];
@@ -486,6 +486,11 @@ impl Ledger {
                 end: span.end.map_or(u64::MAX, |e| e.0),
             });
         }
+    }
+
+    /// Time within the interval during which at least one active span was open.
+    fn open_time(&mut self, iv: &DomainInterval) -> u64 {
+        self.open_items();
         self.sharer.run(&self.items, iv.start.0, iv.end.0)
     }
 
@@ -546,16 +551,7 @@ impl Ledger {
         }
         if !self.clipped_lengths(p) {
             // No member was working (the windows are estimates): by the time they were open.
-            self.items.clear();
-            for (k, &slot) in self.active.iter().enumerate() {
-                let span = &self.spans[slot];
-                self.items.push(Item {
-                    member: k as u32,
-                    phase: Phase::Decode,
-                    start: span.start.0,
-                    end: span.end.map_or(u64::MAX, |e| e.0),
-                });
-            }
+            self.open_items();
             self.clipped_lengths(p);
         }
         // Device-time by processor sharing: at each instant the device is shared by the

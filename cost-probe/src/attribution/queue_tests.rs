@@ -7,19 +7,7 @@ use super::*;
 const MS: u64 = 1_000_000;
 
 fn gpu(start: u64, end: u64, uj: u64) -> DomainInterval {
-    DomainInterval {
-        domain: DomainId(0),
-        class: EnergyKind::Gpu,
-        start: Nanos(start),
-        end: Nanos(end),
-        measured: MicroJoules(uj),
-        target_share: Share::ALL,
-        estimated: false,
-        integrated: false,
-        unmeasured: false,
-        device_idle: false,
-        devices: 1,
-    }
+    super::tests::iv(0, EnergyKind::Gpu, start, end, uj)
 }
 
 fn ledger() -> Ledger {

@@ -5,7 +5,7 @@ use super::*;
 const MS: u64 = 1_000_000;
 const SEC: u64 = 1_000_000_000;
 
-fn iv(domain: u32, class: EnergyKind, start: u64, end: u64, uj: u64) -> DomainInterval {
+pub(super) fn iv(domain: u32, class: EnergyKind, start: u64, end: u64, uj: u64) -> DomainInterval {
     DomainInterval {
         domain: DomainId(domain),
         class,
