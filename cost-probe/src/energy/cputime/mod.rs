@@ -87,6 +87,11 @@ pub struct CpuTimeSource {
     targets: Vec<Target>,
     /// Target CPU time accumulated over all tgids ever tracked.
     target: Nanos,
+    /// Added to host busy time so far: intervals in which the host read less busy than the
+    /// target ran (see [`CpuTimeSource::sample`]).
+    raised: Nanos,
+    /// Host busy (raised) and target time at the previous sample.
+    prev: Option<(Nanos, Nanos)>,
 }
 
 // A /proc/PID/stat line is < 1 KiB (52 fields; the command name is at most 64 bytes).
@@ -120,6 +125,8 @@ impl CpuTimeSource {
             clock,
             targets: Vec::new(),
             target: Nanos::ZERO,
+            raised: Nanos::ZERO,
+            prev: None,
         })
     }
 
@@ -203,6 +210,23 @@ impl CpuTimeSource {
                 }
             }
         }
+        // The host was busy at least as long as the target ran. The two come from different
+        // clocks read at different instants (cpuidle residency booked when an idle period ends,
+        // /proc/stat ticks for a CPU still asleep; the process clock in ns), so an interval can
+        // read the host below the target. Raising the host's figure here, where both the CPU
+        // power model and the target's share read it, keeps them consistent: the model never
+        // draws less dynamic energy than the target's own CPU time implies.
+        let mut host = host;
+        host.busy = Nanos(host.busy.0.saturating_add(self.raised.0));
+        if let Some((busy, target)) = self.prev {
+            let d_busy = host.busy.0.saturating_sub(busy.0);
+            let d_target = self.target.0.saturating_sub(target.0);
+            if d_target > d_busy {
+                self.raised = Nanos(self.raised.0 + (d_target - d_busy));
+                host.busy = Nanos(host.busy.0 + (d_target - d_busy));
+            }
+        }
+        self.prev = Some((host.busy, self.target));
         Ok(CpuSample {
             host,
             target: self.target,
@@ -372,6 +396,25 @@ mod tests {
         fn describe(&self) -> &'static str {
             "scripted"
         }
+    }
+
+    #[test]
+    fn host_busy_is_never_below_the_targets_cpu_time() {
+        // A /proc/stat that does not move: the host reads idle while the target ran 4 ms.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture("proc_stat_vm_a"), dir.path().join("stat")).unwrap();
+        let script = [Some(0), Some(5_000_000), Some(9_000_000)];
+        let mut src = CpuTimeSource::with_sources(
+            dir.path(),
+            None,
+            Box::new(Scripted(script.into_iter().collect())),
+        )
+        .unwrap();
+        src.set_targets(&[7]);
+        let a = src.sample(Nanos(1)).unwrap();
+        let b = src.sample(Nanos(2)).unwrap();
+        assert_eq!(b.target.0 - a.target.0, 4_000_000);
+        assert_eq!(b.host.busy.0 - a.host.busy.0, 4_000_000);
     }
 
     #[test]
