@@ -375,7 +375,7 @@ pub fn period_bounds(period: Period, secs: i64) -> (i64, i64) {
 
 // Howard Hinnant's `days_from_civil` / `civil_from_days` (proleptic Gregorian, exact for all
 // i64 days we can meet): http://howardhinnant.github.io/date_algorithms.html
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
