@@ -115,7 +115,7 @@ impl Conn {
         let segs = http::segments(head, tail, len);
         match (proto, dir) {
             (Protocol::Http1, Direction::In) => self.http_in(ctx, ts, segs),
-            (Protocol::Http1, Direction::Out) => self.http_out(ctx, ts, segs, head, tail),
+            (Protocol::Http1, Direction::Out) => self.http_out(ctx, ts, segs),
             (_, Direction::In) => self.turn_in(ctx, ts, len),
             (_, Direction::Out) => self.turn_out(ctx, ts, len),
         }
@@ -237,14 +237,10 @@ impl Conn {
         }
     }
 
-    fn http_out(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        ts: u64,
-        segs: [Seg<'_>; 3],
-        head: &[u8],
-        tail: &[u8],
-    ) {
+    fn http_out(&mut self, ctx: &mut Ctx<'_>, ts: u64, segs: [Seg<'_>; 3]) {
+        let (Seg::Bytes(head), Seg::Bytes(tail)) = (segs[0], segs[2]) else {
+            unreachable!("segments are head bytes, gap, tail bytes")
+        };
         // A response whose head could not be read runs until the next request arrives; when
         // the next request is already queued (pipelined), a write that starts a status line
         // starts its response.
@@ -256,9 +252,9 @@ impl Conn {
             let end = r.last_ts;
             self.finish(ctx, end, Flags::default());
         }
-        // Usage sits at a non-streamed body's end or in a stream's last chunk; scan the write
-        // before framing may finish its response. A write the kernel copied whole in two pieces
-        // is scanned joined: its `usage` may straddle the seam.
+        // Usage sits at a non-streamed body's end or in a stream's last chunk. Each response
+        // reads its own bytes of the write (see `Response::scan`); a write the kernel copied
+        // whole in two pieces is read joined: its `usage` may straddle the seam.
         let mut joined = [0u8; JOINED];
         let whole = (matches!(segs[1], Seg::Gap(0))
             && !tail.is_empty()
@@ -268,41 +264,20 @@ impl Conn {
                 joined[head.len()..head.len() + tail.len()].copy_from_slice(tail);
                 &joined[..head.len() + tail.len()]
             });
-        let usage = match whole {
-            Some(w) => scan::usage(w),
-            None => {
-                let mut u = scan::usage(head);
-                u.merge(scan::usage(tail));
-                u
-            }
-        };
-        let timings = match whole {
-            Some(w) => scan::timings(w),
-            None => match (scan::timings(head), scan::timings(tail)) {
-                (Some(mut a), Some(b)) => {
-                    a.merge(b);
-                    Some(a)
-                }
-                (a, b) => a.or(b),
-            },
-        };
-        let write = Write {
-            usage,
-            timings,
-            head,
-            tail,
-            whole,
-        };
+        let write = Write { head, tail, whole };
         for (i, seg) in segs.into_iter().enumerate() {
             self.out_seg(ctx, ts, i, seg, &write);
             if self.proto != Some(Protocol::Http1) {
                 return; // switched protocols: the rest of the write is not HTTP
             }
         }
-        let Some(id) = self.queue.front().map(|r| r.id) else {
+        let Some(resp) = self.resp.as_mut() else {
             return;
         };
-        let Some(resp) = self.resp.as_mut() else {
+        if let Some(from) = resp.scan_from.take() {
+            resp.scan(write.parts(from, write.end()), true);
+        }
+        let Some(id) = self.queue.front().map(|r| r.id) else {
             return;
         };
         let Some(h) = resp.head.as_mut() else {
@@ -368,16 +343,7 @@ impl Conn {
             if resp.last_ts != ts {
                 // First segment of this write for this response.
                 resp.last_ts = ts;
-                resp.usage.merge(write.usage);
-                if let Some(t) = write.timings {
-                    resp.timings.get_or_insert_default().merge(t);
-                }
-                if resp.model.is_none() {
-                    resp.model = match write.whole {
-                        Some(w) => scan::model(w),
-                        None => scan::model(write.head).or_else(|| scan::model(write.tail)),
-                    };
-                }
+                resp.scan_from = Some(pos(idx, seg_len, seg));
             }
             let Some(h) = resp.head.as_mut() else {
                 // Still in the header block.
@@ -416,7 +382,7 @@ impl Conn {
                                     // span ends with this head, and what follows (WebSocket,
                                     // h2c, TLS) is delimited by turn-taking.
                                     resp.head = Some(h);
-                                    self.finish(ctx, ts, Flags::default());
+                                    self.finish_in_write(ctx, ts, write, pos(idx, seg_len, seg));
                                     self.proto =
                                         Some(if upgrade == Some(Upgrade::H2c) && !connect {
                                             Protocol::Http2
@@ -434,7 +400,7 @@ impl Conn {
                                 let empty = h.framing == Framing::Empty;
                                 resp.head = Some(h);
                                 if empty {
-                                    self.finish(ctx, ts, Flags::default());
+                                    self.finish_in_write(ctx, ts, write, pos(idx, seg_len, seg));
                                 }
                                 continue;
                             }
@@ -455,7 +421,7 @@ impl Conn {
                     resp.body.note(ts, k);
                     if *rem == 0 {
                         seg = advance(seg, k);
-                        self.finish(ctx, ts, Flags::default());
+                        self.finish_in_write(ctx, ts, write, pos(idx, seg_len, seg));
                         continue;
                     }
                     return;
@@ -489,7 +455,7 @@ impl Conn {
                         }
                         if c.done() {
                             seg = Seg::Bytes(&b[k..]);
-                            self.finish(ctx, ts, Flags::default());
+                            self.finish_in_write(ctx, ts, write, pos(idx, seg_len, seg));
                             continue;
                         }
                         return;
@@ -502,6 +468,22 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Finishes the current response at position `at` of `write`, after reading its bytes.
+    fn finish_in_write(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        ts: u64,
+        write: &Write<'_>,
+        at: (usize, usize),
+    ) {
+        if let Some(r) = self.resp.as_mut()
+            && let Some(from) = r.scan_from.take()
+        {
+            r.scan(write.parts(from, at), false);
+        }
+        self.finish(ctx, ts, Flags::default());
     }
 
     /// Emits the span for the request at the front of the queue with the current response.
@@ -629,6 +611,14 @@ impl Conn {
         while !self.queue.is_empty() {
             self.finish(&mut ctx, ts, Flags::PARTIAL);
         }
+    }
+}
+
+/// Where the unconsumed rest `seg` of segment `idx` (`seg_len` captured bytes) begins.
+fn pos(idx: usize, seg_len: usize, seg: Seg<'_>) -> (usize, usize) {
+    match seg {
+        Seg::Bytes(b) => (idx, seg_len - b.len()),
+        Seg::Gap(_) => (idx, 0),
     }
 }
 

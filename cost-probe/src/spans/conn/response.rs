@@ -19,6 +19,13 @@ pub(super) struct Response {
     pub(super) body_at: Option<(u64, usize, usize)>,
     /// Chunks already announced with [`SpanEvent::Progress`].
     pub(super) announced: u32,
+    /// Where this response's bytes began in the current write, (segment, offset): they are
+    /// scanned for `usage`, `timings` and `model` when the response ends in the write or the
+    /// write ends, so pipelined responses in one write never trade figures.
+    pub(super) scan_from: Option<(usize, usize)>,
+    /// The last bytes of the previous write's part of this response: a `usage` or `timings`
+    /// object a write boundary cut is read across the seam.
+    pub(super) carry: Vec<u8>,
 }
 
 impl Response {
@@ -50,10 +57,8 @@ impl Response {
     }
 }
 
-/// What a scan of one write found, applied to the responses it touches.
+/// One write's captured bytes, scanned per response (see [`Response::scan_from`]).
 pub(super) struct Write<'a> {
-    pub(super) usage: Usage,
-    pub(super) timings: Option<ServerTimings>,
     pub(super) head: &'a [u8],
     pub(super) tail: &'a [u8],
     /// The whole write when head and tail are contiguous (the small record's 512 + 384 bytes
@@ -61,8 +66,97 @@ pub(super) struct Write<'a> {
     pub(super) whole: Option<&'a [u8]>,
 }
 
+impl<'a> Write<'a> {
+    /// The captured bytes between two positions, (segment, offset) with segment 0 the head,
+    /// 1 the gap and 2 the tail: one slice when the write is whole, else the head's and the
+    /// tail's parts (either may be empty; bytes in the gap were not captured).
+    pub(super) fn parts(&self, from: (usize, usize), to: (usize, usize)) -> [&'a [u8]; 2] {
+        if let Some(w) = self.whole {
+            let at = |(seg, off): (usize, usize)| match seg {
+                0 => off,
+                1 => self.head.len(),
+                _ => self.head.len() + off,
+            };
+            let (a, b) = (at(from), at(to));
+            return [w.get(a..b.max(a)).unwrap_or_default(), &[]];
+        }
+        let head = if from.0 == 0 {
+            let end = if to.0 == 0 { to.1 } else { self.head.len() };
+            self.head.get(from.1..end.max(from.1)).unwrap_or_default()
+        } else {
+            &[]
+        };
+        let tail = if to.0 == 2 {
+            let start = if from.0 == 2 { from.1 } else { 0 };
+            self.tail.get(start..to.1.max(start)).unwrap_or_default()
+        } else {
+            &[]
+        };
+        [head, tail]
+    }
+
+    /// The position after the write's last captured byte.
+    pub(super) fn end(&self) -> (usize, usize) {
+        (2, self.tail.len())
+    }
+}
+
 /// Head and tail of the small data record, joined (see [`Write::whole`]).
 pub(super) const JOINED: usize = 512 + 384;
+
+/// Bytes kept on each side of a write boundary: more than llama.cpp's `timings` object
+/// (about 250 bytes) or an `OpenAI` `usage` object.
+const CARRY: usize = 320;
+
+impl Response {
+    /// Reads `usage`, `timings` and `model` from this response's bytes of one write: first
+    /// across the seam with the previous write, then the bytes themselves (the later figure
+    /// wins). `continues`: the response goes on past this write, so its last bytes are kept
+    /// for the next write's seam.
+    pub(super) fn scan(&mut self, parts: [&[u8]; 2], continues: bool) {
+        let first = if parts[0].is_empty() {
+            parts[1]
+        } else {
+            parts[0]
+        };
+        if !self.carry.is_empty() && !first.is_empty() {
+            let keep = self.carry.len();
+            self.carry
+                .extend_from_slice(&first[..first.len().min(CARRY)]);
+            let seam = std::mem::take(&mut self.carry);
+            self.read(&seam);
+            self.carry = seam;
+            self.carry.truncate(keep);
+        }
+        // A write whose head and tail are apart: each is read on its own (the gap between
+        // them was not captured).
+        for p in parts {
+            if !p.is_empty() {
+                self.read(p);
+            }
+        }
+        self.carry.clear();
+        let last = if parts[1].is_empty() {
+            parts[0]
+        } else {
+            parts[1]
+        };
+        if continues {
+            self.carry
+                .extend_from_slice(&last[last.len().saturating_sub(CARRY)..]);
+        }
+    }
+
+    fn read(&mut self, bytes: &[u8]) {
+        self.usage.merge(scan::usage(bytes));
+        if let Some(t) = scan::timings(bytes) {
+            self.timings.get_or_insert_default().merge(t);
+        }
+        if self.model.is_none() {
+            self.model = scan::model(bytes);
+        }
+    }
+}
 
 /// Per-write accounting of a response body.
 #[derive(Debug, Default)]

@@ -215,11 +215,11 @@ fn body_fixture(name: &str) -> Vec<u8> {
     raw[at..].to_vec()
 }
 
-/// llama.cpp's non-streamed chat completion: its `timings` object, read through the builder
-/// from a response written in two writes split at every offset. Every figure found is the
-/// server's; all are found unless the split falls inside the object.
+/// #10: llama.cpp's non-streamed chat completion written in two writes split at every offset:
+/// a `timings` or `usage` object the boundary cut lost the figures after the cut. Read across
+/// the seam, every figure is the server's at every split.
 #[test]
-fn llama_cpp_timings_of_a_non_streamed_response_at_every_split() {
+fn timings_and_usage_cut_by_a_write_boundary_are_read_across_it() {
     let body = body_fixture("llama_cpp_chat_nonstream.body");
     let mut resp = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
@@ -234,10 +234,6 @@ fn llama_cpp_timings_of_a_non_streamed_response_at_every_split() {
         predicted_ms: Some(59.657),
         cached_n: Some(0),
     };
-    let obj = (
-        find(&resp, b"\"timings\"").unwrap(),
-        resp.len() - 1, // the object's closing brace
-    );
     for split in 0..=resp.len() {
         let (spans, _) = run(&conversation(&[
             (
@@ -247,40 +243,25 @@ fn llama_cpp_timings_of_a_non_streamed_response_at_every_split() {
             (OUT, &resp[..split]),
             (OUT, &resp[split..]),
         ]));
-        let got = spans[0].timings.unwrap_or_default();
-        if split <= obj.0 || split > obj.1 {
-            assert_eq!(got, want, "split {split}");
-        } else {
-            for (g, w) in [
-                (
-                    got.prompt_n.map(|v| v as f64),
-                    want.prompt_n.map(|v| v as f64),
-                ),
-                (got.prompt_ms, want.prompt_ms),
-                (
-                    got.predicted_n.map(|v| v as f64),
-                    want.predicted_n.map(|v| v as f64),
-                ),
-                (got.predicted_ms, want.predicted_ms),
-                (
-                    got.cached_n.map(|v| v as f64),
-                    want.cached_n.map(|v| v as f64),
-                ),
-            ] {
-                assert!(g.is_none() || g == w, "split {split}: {got:?}");
-            }
-        }
+        let s = &spans[0];
+        assert_eq!(s.timings, Some(want), "split {split}");
+        assert_eq!(
+            (s.usage.prompt, s.usage.completion),
+            (Some(32), Some(8)),
+            "split {split}"
+        );
+        assert_eq!(
+            s.model.as_deref(),
+            Some("SmolLM2-135M-Instruct"),
+            "split {split}"
+        );
     }
 }
 
 /// llama.cpp's streamed chat completion: `timings` arrive in the last event before
-/// `data: [DONE]`, written one event per chunk and write, each write split in two at every
-/// offset of the last event.
+/// `data: [DONE]`, written one event per chunk and write, the last event's write split in two
+/// at every offset (#10: a split inside the object lost the figures after it).
 #[test]
-#[expect(
-    clippy::float_cmp,
-    reason = "figures parsed from the same decimal text are equal exactly"
-)]
 fn llama_cpp_timings_of_a_stream_in_its_last_chunk() {
     let body = body_fixture("llama_cpp_chat_stream.body");
     let events: Vec<&[u8]> = body
@@ -325,20 +306,7 @@ fn llama_cpp_timings_of_a_stream_in_its_last_chunk() {
         let (spans, _) = run(&conversation(&turns));
         let s = &spans[0];
         assert_eq!(s.chunks, Some(events.len() as u32), "split {split}");
-        let got = s.timings.unwrap_or_default();
-        let inside = find(&last, b"\"timings\"").unwrap() < split && split < last.len() - 4;
-        if inside {
-            assert!(
-                got.prompt_ms.is_none_or(|v| v == 9.85),
-                "split {split}: {got:?}"
-            );
-            assert!(
-                got.predicted_ms.is_none_or(|v| v == 45.811),
-                "split {split}: {got:?}"
-            );
-        } else {
-            assert_eq!(got, want, "split {split}");
-        }
+        assert_eq!(s.timings, Some(want), "split {split}");
     }
 }
 
@@ -346,6 +314,34 @@ fn offset(whole: &[u8], part: &[u8]) -> usize {
     part.as_ptr() as usize - whole.as_ptr() as usize
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// #10: `usage` and `model` were read from the whole write and given to every response in it,
+/// so pipelined responses written together traded figures (both took the last one's).
+#[test]
+fn pipelined_responses_in_one_write_keep_their_own_usage() {
+    let reply = |model: &str, p: u32, c: u32| {
+        let body = format!(
+            r#"{{"model":"{model}","usage":{{"prompt_tokens":{p},"completion_tokens":{c}}}}}"#
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let both = reply("a", 11, 12) + &reply("b", 21, 22);
+    let req = b"POST /v1/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    let (spans, _) = run(&conversation(&[
+        (IN, &[&req[..], req].concat()),
+        (OUT, both.as_bytes()),
+    ]));
+    let got: Vec<_> = spans
+        .iter()
+        .map(|s| (s.model.as_deref(), s.usage.prompt, s.usage.completion))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("a"), Some(11), Some(12)),
+            (Some("b"), Some(21), Some(22))
+        ]
+    );
 }
