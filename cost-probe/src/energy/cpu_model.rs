@@ -11,7 +11,7 @@ use super::{
 };
 use crate::units::{MicroJoules, Nanos};
 
-/// Per logical CPU (each `cpuN` line of `/proc/stat`); rules supply the numbers.
+/// Per logical CPU (each online CPU); rules supply the numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct CpuModelParams {
     pub idle_per_cpu: MilliWatts,
@@ -28,7 +28,7 @@ pub struct CpuModelSource {
     params: CpuModelParams,
     domains: Vec<Domain>,
     last: Option<HostCpu>,
-    /// Utilisation of the last interval with CPU-time progress, in ppm, reused when /proc/stat
+    /// Utilisation of the last interval with CPU-time progress, in ppm, reused when host CPU time
     /// has not advanced (ticks are 10 ms, a tick can see none).
     last_util_ppm: u64,
     total_nj: u128,
@@ -47,7 +47,7 @@ impl CpuModelSource {
             class: DomainClass::CpuModel,
             source: SourceKind::CpuModel,
             label: format!(
-                "CPU power model: {:.1} W idle, {:.1} W max per CPU × /proc/stat utilisation",
+                "CPU power model: {:.1} W idle, {:.1} W max per CPU × host CPU utilisation (cpuidle)",
                 params.idle_per_cpu.watts(),
                 params.max_per_cpu.watts()
             ),

@@ -175,7 +175,8 @@ fn report_inner(
         (
             Some(SourceKind::CpuModel),
             "No RAPL here: CPU energy is estimated by the CPU power model (idle and max watts \
-             per CPU from rules × /proc/stat utilisation); records flag it as estimated"
+             per CPU from rules × host CPU utilisation from cpuidle residency, /proc/stat as the \
+             fallback); records flag it as estimated"
                 .to_owned(),
         )
     } else {

@@ -10,7 +10,8 @@
 //! - [`rapl`]: CPU package / DRAM / psys zones through powercap sysfs.
 //! - [`perf_power`]: the same RAPL counters through the perf `power` PMU (used when powercap is
 //!   missing or unreadable).
-//! - [`cpu_model`]: an estimate from `/proc/stat` utilisation when the host has no RAPL.
+//! - [`cpu_model`]: an estimate from host CPU utilisation (see `cputime`) when the host has no
+//!   RAPL.
 //! - [`cputime`]: CPU time of the target vs the host, to split CPU energy.
 //!
 //! [`sampler`] ties them together; [`doctor`] explains what works on this host.
