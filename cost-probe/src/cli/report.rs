@@ -26,6 +26,10 @@ pub struct ReportArgs {
     /// Write the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as one self-contained HTML page with charts (no script, no
+    /// network) to this file; the table or JSON still goes to stdout.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Rules directory whose energy price, PUE and carbon intensity price the idle energy; the
     /// built-in defaults when absent (the requests carry their own prices).
     #[arg(long)]
@@ -47,6 +51,10 @@ pub fn run(args: &ReportArgs) -> ExitCode {
             eprintln!("cost-probe: {}", ReportError::Output(e));
             ExitCode::FAILURE
         }
+        Err(Failure::Html(e)) => {
+            eprintln!("cost-probe: {e}");
+            ExitCode::FAILURE
+        }
         Err(Failure::Input(e)) => {
             eprintln!("cost-probe: {e}");
             ExitCode::from(EXIT_CANNOT_START)
@@ -57,6 +65,8 @@ pub fn run(args: &ReportArgs) -> ExitCode {
 enum Failure {
     Input(String),
     Output(std::io::Error),
+    /// The HTML page could not be drawn or written (exit 1).
+    Html(String),
 }
 
 fn report(args: &ReportArgs) -> Result<(), Failure> {
@@ -74,7 +84,7 @@ fn report(args: &ReportArgs) -> Result<(), Failure> {
     if inputs.is_empty() {
         inputs.push(Input::Stdin);
     }
-    let mut agg = Aggregator::new(ReportConfig {
+    let agg = Aggregator::new(ReportConfig {
         by: args.by.clone(),
         since: args.since,
         until: args.until,
@@ -82,8 +92,18 @@ fn report(args: &ReportArgs) -> Result<(), Failure> {
         prices: Prices::from_rules(&rules, None),
         budgets: rules.budgets.clone(),
     });
+    let mut agg = if args.html.is_some() {
+        agg.with_views()
+    } else {
+        agg
+    };
     report::read_inputs(&inputs, &mut agg).map_err(|e| input(&e))?;
     let r = agg.finish();
+    if let Some(path) = &args.html {
+        let page = report::html::page(&r).map_err(|e| Failure::Html(e.to_string()))?;
+        std::fs::write(path, page)
+            .map_err(|e| Failure::Html(format!("writing {}: {e}", path.display())))?;
+    }
     let text = if args.json {
         let mut s = serde_json::to_string_pretty(&r).expect("the report serializes");
         s.push('\n');

@@ -22,7 +22,7 @@ pub const METHOD: &str = "rate = cost over the observed window / its length; ran
      spent in the period so far + rate x time left";
 
 /// Buckets start at 100 ms, so that a window of a few seconds (the demo) still has sub-windows.
-const BASE_NS: i64 = 100_000_000;
+pub(super) const BASE_NS: i64 = 100_000_000;
 
 /// Cost per time bucket, from 100 ms buckets upward.
 #[derive(Debug, Clone)]

@@ -5,10 +5,12 @@
 //! requests fold into `(other)`), the top-N heap and the histograms' fixed precision, not by the
 //! number of records.
 pub mod forecast;
+pub mod html;
 mod input;
 pub mod record;
 mod render;
 mod scan;
+pub mod views;
 
 use std::{cmp::Reverse, collections::BinaryHeap};
 
@@ -210,6 +212,8 @@ pub struct Aggregator {
     spend: Series,
     /// One series per `[[budget]]`, of the requests its tags select.
     budget_spend: Vec<Series>,
+    /// What only the HTML report draws; `None` unless asked for.
+    views: Option<Box<views::Collector>>,
 }
 
 impl Aggregator {
@@ -222,8 +226,16 @@ impl Aggregator {
             top: BinaryHeap::new(),
             spend: Series::default(),
             budget_spend: vec![Series::default(); config.budgets.len()],
+            views: None,
             config,
         }
+    }
+
+    /// Also collects what the HTML report's charts need ([`Report::views`]).
+    #[must_use]
+    pub fn with_views(mut self) -> Self {
+        self.views = Some(Box::default());
+        self
     }
 
     /// One NDJSON line (without its newline). Blank lines are skipped; record types the report
@@ -279,7 +291,10 @@ impl Aggregator {
         if !self.within(l.start.as_deref()) {
             return;
         }
-        self.seen(l.start.as_deref(), l.end.as_deref());
+        let at = self.seen(l.start.as_deref(), l.end.as_deref());
+        if let (Some(v), Some(at)) = (&mut self.views, at) {
+            v.interval(at, l);
+        }
         let t = &mut self.totals;
         t.intervals += 1;
         t.attributed_j += l.attributed_j.unwrap_or(0.0);
@@ -382,6 +397,9 @@ impl Aggregator {
             if let Some(tk) = tokens {
                 t.tokens += tk;
                 t.token_cost_usd += c;
+                if let Some(v) = &mut self.views {
+                    v.tokens(l.model.as_deref(), c, tk);
+                }
             }
             if let Some(at) = at {
                 self.spend.add(at, c);
@@ -442,12 +460,18 @@ impl Aggregator {
         let month = |s: &Series| {
             window.map(|(f, l)| forecast::project(s, f, l, crate::rules::schema::Period::Month))
         };
+        let mut merged = self.views.as_ref().map(|_| views::Merged::default());
+        let mut spend = Vec::new();
         let mut groups: Vec<GroupReport> = self
             .groups
             .into_values()
             .map(|g| {
                 let mut r = GroupReport::of(&g, total_cost);
                 r.month_end = month(&g.spend);
+                if let Some(m) = &mut merged {
+                    m.add(&g);
+                    spend.push((g.values, g.cost_usd, g.spend));
+                }
                 r
             })
             .collect();
@@ -510,6 +534,10 @@ impl Aggregator {
                 outside_window: t.outside_window,
             },
             top,
+            views: self
+                .views
+                .zip(merged)
+                .map(|(v, m)| v.finish(window, spend, m)),
         }
     }
 }
@@ -541,6 +569,9 @@ pub struct Report {
     /// All requests' spend projected to the end of the month of the last record.
     pub month_end: Option<Projection>,
     pub budgets: Vec<BudgetPosition>,
+    /// What the HTML report draws, when the aggregator collected it.
+    #[serde(skip)]
+    pub views: Option<views::Views>,
 }
 
 #[derive(Debug, Serialize)]

@@ -23,11 +23,11 @@ fn opt(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), sig3)
 }
 
-fn usd(x: Option<f64>) -> String {
+pub(super) fn usd(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |v| format!("${}", sig3(v)))
 }
 
-fn pct(x: Option<f64>) -> String {
+pub(super) fn pct(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
 }
 
@@ -63,22 +63,22 @@ fn grid(out: &mut String, rows: &[Vec<String>], left: usize) {
     }
 }
 
-/// The report as a terminal table: one row per group, the totals, idle waste, lost events, and
-/// the most expensive requests.
-#[must_use]
-pub fn table(r: &Report) -> String {
-    let mut out = String::new();
+/// The line above the table: counts, window and grouping.
+pub(super) fn headline(r: &Report) -> String {
     let t = &r.totals;
-    let _ = writeln!(
-        out,
+    format!(
         "{} requests ({} priced), {} … {}, by {}",
         t.requests,
         t.priced_requests,
         r.from.as_deref().unwrap_or("-"),
         r.to.as_deref().unwrap_or("-"),
         r.by.join(",")
-    );
-    out.push('\n');
+    )
+}
+
+/// The header, one row per group and the total row. The first `r.by.len()` columns are text.
+pub(super) fn group_rows(r: &Report) -> Vec<Vec<String>> {
+    let t = &r.totals;
     let mut rows = vec![
         r.by.iter()
             .cloned()
@@ -107,11 +107,7 @@ pub fn table(r: &Report) -> String {
         ]);
         rows.push(row);
     }
-    let mut total = vec!["total".to_owned()];
-    total.extend(std::iter::repeat_n(
-        String::new(),
-        r.by.len().saturating_sub(1),
-    ));
+    let mut total = total_key(r);
     let per_req = (t.priced_requests > 0).then(|| t.cost_usd / t.priced_requests as f64);
     let j_per_req = (t.priced_requests > 0).then(|| t.energy_j / t.priced_requests as f64);
     total.extend([
@@ -131,23 +127,53 @@ pub fn table(r: &Report) -> String {
         },
     ]);
     rows.push(total);
-    grid(&mut out, &rows, r.by.len());
+    rows
+}
+
+/// `total` in the first key column, the other key columns empty.
+fn total_key(r: &Report) -> Vec<String> {
+    let mut key = vec!["total".to_owned()];
+    key.extend(std::iter::repeat_n(
+        String::new(),
+        r.by.len().saturating_sub(1),
+    ));
+    key
+}
+
+/// The report as a terminal table: one row per group, the totals, idle waste, lost events, and
+/// the most expensive requests.
+#[must_use]
+pub fn table(r: &Report) -> String {
+    let mut out = headline(r);
+    out.push_str("\n\n");
+    grid(&mut out, &group_rows(r), r.by.len());
     out.push('\n');
-    footer(&mut out, r);
+    for l in energy_lines(r) {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    let top = top_rows(r);
+    if top.len() > 1 {
+        let _ = writeln!(out, "\nmost expensive requests:");
+        grid(&mut out, &top, TOP_TEXT_COLUMNS);
+    }
     forecast(&mut out, r);
     out
 }
 
-/// Month-end projections per group and in total, and each budget's position.
-fn forecast(out: &mut String, r: &Report) {
-    let Some(total) = &r.month_end else {
-        return;
-    };
-    let _ = writeln!(
-        out,
-        "\nforecast to {} (this month so far and the observed rate):",
+/// The forecast's heading: the month end it projects to.
+pub(super) fn forecast_heading(total: &super::Projection) -> String {
+    format!(
+        "forecast to {} (this month so far and the observed rate):",
         total.period_end
-    );
+    )
+}
+
+/// The header, each group's month-end projection and the total's; empty without a window.
+pub(super) fn forecast_rows(r: &Report) -> Vec<Vec<String>> {
+    let Some(total) = &r.month_end else {
+        return Vec::new();
+    };
     let mut rows = vec![
         r.by.iter()
             .cloned()
@@ -170,85 +196,102 @@ fn forecast(out: &mut String, r: &Report) {
             rows.push(row(g.key.clone(), p));
         }
     }
-    let mut key = vec!["total".to_owned()];
-    key.extend(std::iter::repeat_n(
-        String::new(),
-        r.by.len().saturating_sub(1),
-    ));
-    rows.push(row(key, total));
-    grid(out, &rows, r.by.len());
-    for b in &r.budgets {
-        let _ = writeln!(
-            out,
-            "budget {} ({} … {}, {}): spent {} ({}), projected {} ({}; {} to {})",
-            b.name,
-            b.projection.period_start,
-            b.projection.period_end,
-            usd(Some(b.amount_usd)),
-            usd(Some(b.projection.spent_usd)),
-            pct(Some(b.used)),
-            usd(Some(b.projection.projected_usd)),
-            pct(Some(b.projected_used)),
-            usd(b.projection.projected_low_usd),
-            usd(b.projection.projected_high_usd),
-        );
+    rows.push(row(total_key(r), total));
+    rows
+}
+
+/// One line per budget: its period, amount, spend and projection.
+pub(super) fn budget_lines(r: &Report) -> Vec<String> {
+    r.budgets
+        .iter()
+        .map(|b| {
+            format!(
+                "budget {} ({} … {}, {}): spent {} ({}), projected {} ({}; {} to {})",
+                b.name,
+                b.projection.period_start,
+                b.projection.period_end,
+                usd(Some(b.amount_usd)),
+                usd(Some(b.projection.spent_usd)),
+                pct(Some(b.used)),
+                usd(Some(b.projection.projected_usd)),
+                pct(Some(b.projected_used)),
+                usd(b.projection.projected_low_usd),
+                usd(b.projection.projected_high_usd),
+            )
+        })
+        .collect()
+}
+
+/// Month-end projections per group and in total, and each budget's position.
+fn forecast(out: &mut String, r: &Report) {
+    let Some(total) = &r.month_end else {
+        return;
+    };
+    let _ = writeln!(out, "\n{}", forecast_heading(total));
+    grid(out, &forecast_rows(r), r.by.len());
+    for l in budget_lines(r) {
+        out.push_str(&l);
+        out.push('\n');
     }
     let _ = writeln!(out, "method: {}", r.forecast_method);
 }
 
-/// Idle waste, energy not priced, lost events, and the most expensive requests.
-fn footer(out: &mut String, r: &Report) {
+/// Energy over the intervals, idle waste, lost events and records left out.
+pub(super) fn energy_lines(r: &Report) -> Vec<String> {
     let t = &r.totals;
     let idle_share =
         (t.cost_usd + t.idle_usd > 0.0).then(|| t.idle_usd / (t.cost_usd + t.idle_usd));
-    let _ = writeln!(
-        out,
-        "energy over {} intervals: {} J to requests, {} J idle, {} J other processes (not priced)",
-        t.intervals,
-        sig3(t.attributed_j),
-        sig3(t.idle_j),
-        sig3(t.other_j)
-    );
-    let _ = writeln!(
-        out,
-        "idle waste: {} J, {} ({} of requests + idle)",
-        sig3(t.idle_j),
-        usd(Some(t.idle_usd)),
-        pct(idle_share)
-    );
-    let _ = writeln!(
-        out,
-        "lost events: {}; partial requests: {}",
-        t.lost_events, t.partial_requests
-    );
+    let mut lines = vec![
+        format!(
+            "energy over {} intervals: {} J to requests, {} J idle, {} J other processes (not priced)",
+            t.intervals,
+            sig3(t.attributed_j),
+            sig3(t.idle_j),
+            sig3(t.other_j)
+        ),
+        format!(
+            "idle waste: {} J, {} ({} of requests + idle)",
+            sig3(t.idle_j),
+            usd(Some(t.idle_usd)),
+            pct(idle_share)
+        ),
+        format!(
+            "lost events: {}; partial requests: {}",
+            t.lost_events, t.partial_requests
+        ),
+    ];
     if t.outside_window > 0 {
-        let _ = writeln!(
-            out,
+        lines.push(format!(
             "left out by --since/--until: {} records",
             t.outside_window
-        );
+        ));
     }
-    if !r.top.is_empty() {
-        let _ = writeln!(out, "\nmost expensive requests:");
-        let mut rows = vec![
-            [
-                "cost", "start", "group", "model", "path", "ms", "tokens", "J",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ];
-        for q in &r.top {
-            rows.push(vec![
-                usd(Some(q.cost_usd)),
-                q.start.clone(),
-                q.group.join(","),
-                q.model.clone().unwrap_or_else(|| "-".into()),
-                q.path.clone().unwrap_or_else(|| "-".into()),
-                sig3(q.duration_ms),
-                q.tokens.map_or_else(|| "-".into(), |n| n.to_string()),
-                opt(q.energy_j),
-            ]);
-        }
-        grid(out, &rows, 5);
+    lines
+}
+
+/// The text columns of [`top_rows`] (the rest are numbers).
+pub(super) const TOP_TEXT_COLUMNS: usize = 5;
+
+/// The header and one row per most expensive request (the header alone when there are none).
+pub(super) fn top_rows(r: &Report) -> Vec<Vec<String>> {
+    let mut rows = vec![
+        [
+            "cost", "start", "group", "model", "path", "ms", "tokens", "J",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for q in &r.top {
+        rows.push(vec![
+            usd(Some(q.cost_usd)),
+            q.start.clone(),
+            q.group.join(","),
+            q.model.clone().unwrap_or_else(|| "-".into()),
+            q.path.clone().unwrap_or_else(|| "-".into()),
+            sig3(q.duration_ms),
+            q.tokens.map_or_else(|| "-".into(), |n| n.to_string()),
+            opt(q.energy_j),
+        ]);
     }
+    rows
 }
