@@ -29,7 +29,8 @@ struct Cli {
 enum Cmd {
     /// Install what building eBPF and running the tests need (idempotent).
     Setup {
-        /// Also install the test servers and clients (nginx, wrk, bpftrace, llama.cpp wheel).
+        /// Also install the test servers and clients (nginx, wrk, bpftrace, llama.cpp wheel,
+        /// chromium).
         #[arg(long)]
         test_deps: bool,
     },
@@ -265,6 +266,10 @@ fn setup(test_deps: bool) -> anyhow::Result<()> {
             "curl",
             "python3-venv",
             "prometheus",
+            // `report --html` is checked in a real browser; its fonts are a recommend of
+            // chromium's, which --no-install-recommends leaves out.
+            "chromium",
+            "fonts-liberation",
         ])?;
         llama_venv()?;
     }
