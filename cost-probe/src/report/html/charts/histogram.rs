@@ -105,8 +105,9 @@ fn short(x: f64) -> String {
     }
 }
 
-/// 1-2-5 ticks within `[lo, hi]`, or every digit where that gives fewer than four: plotters'
-/// own log ticks are the powers of ten, often none or one in a histogram's range.
+/// 1-2-5 ticks within `[lo, hi]`, every digit where that gives fewer than four, the powers of
+/// ten where it gives more than ten. plotters' own log ticks are the powers of ten, often none
+/// or one in a histogram's range.
 fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let decades = lo.log10().floor() as i32..=hi.log10().ceil() as i32;
     let pick = |digits: &[f64]| -> Vec<f64> {
@@ -117,10 +118,11 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
             .collect()
     };
     let coarse = pick(&[1.0, 2.0, 5.0]);
-    if coarse.len() >= 4 {
-        coarse
-    } else {
-        pick(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    match coarse.len() {
+        0..4 => pick(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]),
+        // Labels past about ten would overlap on a 640 px axis.
+        11.. => pick(&[1.0]),
+        _ => coarse,
     }
 }
 
@@ -146,6 +148,8 @@ mod tests {
             ticks(0.0011, 0.9),
             &[0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
         );
+        // Nine decades: the powers of ten alone.
+        assert_eq!(ticks(1.1e-6, 2e3).len(), 9);
         assert_eq!(short(90.0), "90");
         assert_eq!(short(0.002), "0.002");
         assert_eq!(short(1.5e-7), "1.50e-7");
