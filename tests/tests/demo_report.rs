@@ -1,5 +1,6 @@
 //! `cost-probe demo --output FILE` (what `cargo xtask demo` runs) ends with the report's table of
-//! the records it wrote, and `report --json` on that file agrees with the records (#13).
+//! the records it wrote, writes the HTML report beside them, and `report --json` on that file
+//! agrees with the records (#13).
 use std::process::Command;
 
 use cost_probe_tests::{bin, require_kernel};
@@ -34,6 +35,10 @@ fn demo_ends_with_the_report_of_its_records() {
     let total = stdout.lines().find(|l| l.starts_with("total")).unwrap();
     assert_eq!(total.split_whitespace().nth(1), Some("8"), "{total}");
     assert!(stdout.contains("idle waste: "), "{stdout}");
+    // The HTML report beside the records: one page with the six charts, no script.
+    let page = std::fs::read_to_string(file.with_extension("html")).unwrap();
+    assert_eq!(page.matches("<svg").count(), 6, "{page}");
+    assert!(!page.contains("<script"));
 
     let json = Command::new(bin())
         .args(["report", "--json", "--by", "model"])

@@ -22,8 +22,9 @@ pub struct DemoArgs {
     /// Rules directory (pricing, tags); the built-in defaults when absent.
     #[arg(long)]
     pub rules: Option<PathBuf>,
-    /// Write the records to FILE (emptied first) and end with `cost-probe report`'s table of
-    /// them; without it the records go to stdout.
+    /// Write the records to FILE (emptied first), the HTML report beside it (FILE with the
+    /// extension `html`), and end with `cost-probe report`'s table of them; without it the
+    /// records go to stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
@@ -61,10 +62,18 @@ pub async fn run(args: DemoArgs) -> Result<(), RuntimeError> {
         top: 3,
         prices,
         budgets: Vec::new(),
-    });
+    })
+    .with_views();
     report::read_inputs(&[Input::File(path.clone())], &mut agg)
         .map_err(|e| RuntimeError::Run(e.into()))?;
-    let table = report::table(&agg.finish());
+    let r = agg.finish();
+    let html = path.with_extension("html");
+    let page = report::html::page(&r).map_err(|e| RuntimeError::Run(e.into()))?;
+    std::fs::write(&html, page).map_err(|source| RuntimeError::Open {
+        target: html.display().to_string(),
+        source,
+    })?;
+    let table = report::table(&r);
     let mut out = std::io::stdout().lock();
     match out.write_all(table.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -73,8 +82,10 @@ pub async fn run(args: DemoArgs) -> Result<(), RuntimeError> {
         _ => {}
     }
     eprintln!(
-        "demo: the records are in {p}; `cost-probe report {p} --by …` regroups them",
-        p = path.display()
+        "demo: the records are in {p}, the HTML report in {h}; `cost-probe report {p} --by …` \
+         regroups them",
+        p = path.display(),
+        h = html.display()
     );
     Ok(())
 }
