@@ -18,3 +18,4 @@ pub mod rules;
 pub mod runtime;
 pub mod spans;
 pub mod units;
+pub mod view;

@@ -26,9 +26,9 @@ use forecast::{BudgetPosition, Projection, Series};
 
 /// Groups kept apart; past this, new groups fold into one `(other)` group.
 pub const MAX_GROUPS: usize = 1000;
-const OTHER: &str = "(other)";
+pub(crate) const OTHER: &str = "(other)";
 /// Shown for a group key a record does not have.
-const NONE: &str = "-";
+pub(crate) const NONE: &str = "-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -302,7 +302,7 @@ impl Aggregator {
         t.other_j += l.other_j.unwrap_or(0.0);
     }
 
-    fn value<'a>(
+    pub(crate) fn value<'a>(
         l: &'a record::Line,
         k: &GroupKey,
         status: &'a mut itoa::Buffer,
