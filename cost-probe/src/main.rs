@@ -27,6 +27,8 @@ enum Cmd {
     Doctor(cli::doctor::DoctorArgs),
     /// What each model, team or endpoint cost, from records already written (files or stdin).
     Report(cli::report::ReportArgs),
+    /// A live table of what each model (or `--by` group) costs now, for one server process.
+    Top(cli::top::TopArgs),
 }
 
 #[tokio::main]
@@ -44,6 +46,7 @@ async fn main() -> ExitCode {
         Cmd::Doctor(a) => cli::doctor::run(&a),
         Cmd::Demo(a) => cli::exit_code(cli::demo::run(a).await),
         Cmd::Report(a) => cli::report::run(&a),
+        Cmd::Top(a) => cli::top::run(a).await,
         Cmd::DemoServer => cli::exit_code(cli::demo::serve().await),
     }
 }

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod demo;
 pub mod doctor;
 pub mod report;
+pub mod top;
 
 use std::{path::Path, process::ExitCode};
 

@@ -206,6 +206,8 @@ pub enum OutputTarget {
     File(PathBuf),
     /// A listening unix stream socket (Vector's `socket` source, Fluent Bit's `unix`).
     Unix(PathBuf),
+    /// Nowhere: `top` without `--output` (its view is on stdout). Not a command-line value.
+    Discard,
 }
 
 impl std::str::FromStr for OutputTarget {
@@ -230,6 +232,7 @@ impl std::fmt::Display for OutputTarget {
             Self::Stdout => f.write_str("-"),
             Self::File(p) => write!(f, "{}", p.display()),
             Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Discard => f.write_str("(nowhere)"),
         }
     }
 }

@@ -23,6 +23,7 @@ pub struct NdjsonSink {
 fn open(target: &OutputTarget) -> io::Result<Box<dyn Write + Send>> {
     Ok(match target {
         OutputTarget::Stdout => Box::new(io::stdout()),
+        OutputTarget::Discard => Box::new(io::sink()),
         OutputTarget::Unix(sock) => Box::new(std::os::unix::net::UnixStream::connect(sock)?),
         OutputTarget::File(p) => {
             let mut f = OpenOptions::new().create(true).append(true).open(p)?;

@@ -5,6 +5,7 @@ use std::{
 };
 
 use super::{Control, RuntimeError, Session, SessionConfig};
+use crate::output::Sink;
 
 /// A validated `attach` invocation.
 pub struct AttachConfig {
@@ -69,6 +70,19 @@ pub fn run(
     stop: &AtomicBool,
     ready: Option<&AtomicBool>,
 ) -> Result<(), RuntimeError> {
+    let (session, mut control) = start(config, Vec::new())?;
+    if let Some(r) = ready {
+        r.store(true, Ordering::Relaxed);
+    }
+    session.run(&mut control, stop)
+}
+
+/// Opens the outputs (NDJSON, then `extra` sinks), loads the probe and attaches to
+/// `config.pid`: the session and the control that ends it when the target exits.
+pub fn start(
+    config: &AttachConfig,
+    extra: Vec<Box<dyn Sink>>,
+) -> Result<(Session, Attach), RuntimeError> {
     let pid = config.pid;
     let proc = &config.session.proc;
     if !proc.alive(pid) {
@@ -96,7 +110,7 @@ pub fn run(
         ),
         None => None,
     };
-    let mut session = Session::open(&config.session, Vec::new(), false, recorder)?;
+    let mut session = Session::open(&config.session, extra, false, recorder)?;
     for s in session.tracer.energy_sources() {
         eprintln!("cost-probe: energy from {s}");
     }
@@ -108,14 +122,11 @@ pub fn run(
         session.proc.comm(pid),
         added.len() - 1
     );
-    if let Some(r) = ready {
-        r.store(true, Ordering::Relaxed);
-    }
-    session.run(
-        &mut Attach {
+    Ok((
+        session,
+        Attach {
             pid,
             root_gone: false,
         },
-        stop,
-    )
+    ))
 }

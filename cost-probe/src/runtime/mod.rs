@@ -9,6 +9,7 @@ pub mod attach;
 pub mod demo;
 pub mod doctor;
 pub mod meter;
+pub mod top;
 mod tracer;
 
 use std::{

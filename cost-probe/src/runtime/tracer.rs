@@ -18,7 +18,30 @@ use crate::{
     rules::{RequestInfo, Rules, Tagger},
     spans::{Limits, SpanBuilder, SpanEvent},
     units::Nanos,
+    view::InFlight,
 };
+
+/// The process's name and a request's tags: rule tags (given `info` less its process fields),
+/// then the process's discovery tags where no rule set the key.
+fn tags_of<'p>(
+    processes: &'p mut Processes,
+    tagger: &Tagger,
+    tgid: u32,
+    info: RequestInfo<'_>,
+) -> (&'p str, BTreeMap<String, String>) {
+    let process = processes.info(tgid);
+    let mut tags = tagger.tags(&RequestInfo {
+        comm: Some(&process.comm),
+        cmdline: process.cmdline.as_deref(),
+        ..info
+    });
+    for (k, v) in &process.tags {
+        if !tags.contains_key(k) {
+            tags.insert(k.clone(), v.clone());
+        }
+    }
+    (&process.comm, tags)
+}
 
 pub struct Tracer {
     spans: SpanBuilder,
@@ -223,24 +246,22 @@ impl Tracer {
                 continue;
             }
             let cost = self.prices.price(&energy, span.usage.total());
-            let process = self.processes.info(span.conn.tgid);
-            let mut tags = self.tagger.tags(&RequestInfo {
-                method: span.method.as_deref(),
-                path: span.path.as_deref(),
-                port: span.local.map(|a| a.port()),
-                model: span.model.as_deref(),
-                comm: Some(&process.comm),
-                cmdline: process.cmdline.as_deref(),
-            });
-            // Rule tags win over the process's discovery tags.
-            for (k, v) in &process.tags {
-                if !tags.contains_key(k) {
-                    tags.insert(k.clone(), v.clone());
-                }
-            }
+            let (comm, tags) = tags_of(
+                &mut self.processes,
+                &self.tagger,
+                span.conn.tgid,
+                RequestInfo {
+                    method: span.method.as_deref(),
+                    path: span.path.as_deref(),
+                    port: span.local.map(|a| a.port()),
+                    model: span.model.as_deref(),
+                    comm: None,
+                    cmdline: None,
+                },
+            );
             result = self.outputs.request(
                 &span,
-                &process.comm,
+                comm,
                 Some(Price {
                     energy: &energy,
                     cost: &cost,
@@ -250,6 +271,38 @@ impl Tracer {
         }
         self.released = released;
         result
+    }
+
+    /// Every request in flight (started, not finished), with the fields and tags its record will
+    /// carry, into `out` (cleared first). For the live view, about once a second.
+    pub fn in_flight(&mut self, out: &mut Vec<InFlight>) {
+        out.clear();
+        let (processes, tagger) = (&mut self.processes, &self.tagger);
+        self.spans.open_requests(|r| {
+            let model = crate::spans::scan::model(r.body_head);
+            let (comm, tags) = tags_of(
+                processes,
+                tagger,
+                r.conn.tgid,
+                RequestInfo {
+                    method: r.method,
+                    path: r.path,
+                    port: r.local.map(|a| a.port()),
+                    model: model.as_deref(),
+                    comm: None,
+                    cmdline: None,
+                },
+            );
+            out.push(InFlight {
+                id: r.id,
+                start: r.start,
+                method: r.method.map(str::to_owned),
+                path: r.path.map(str::to_owned),
+                comm: comm.to_owned(),
+                model,
+                tags,
+            });
+        });
     }
 
     /// Events the kernel dropped since the last call.

@@ -564,6 +564,33 @@ impl Conn {
         }));
     }
 
+    /// Its requests announced and not finished: the queued ones (the front one may be answering),
+    /// or the open turn.
+    pub fn open_requests(&self, conn: ConnId, f: &mut impl FnMut(super::OpenRequest<'_>)) {
+        for r in &self.queue {
+            f(super::OpenRequest {
+                id: r.id,
+                conn,
+                local: self.local,
+                start: r.start,
+                method: Some(&r.method),
+                path: Some(&r.path),
+                body_head: &r.body_head,
+            });
+        }
+        if let Some(t) = &self.turn {
+            f(super::OpenRequest {
+                id: t.id,
+                conn,
+                local: self.local,
+                start: t.start,
+                method: None,
+                path: None,
+                body_head: &[],
+            });
+        }
+    }
+
     /// The connection ended (close, process exit, shutdown). `abrupt` marks in-flight spans
     /// partial even when their framing allowed an end at close.
     pub fn close(

@@ -105,6 +105,21 @@ pub struct RequestSpan {
     pub trace_parent: Option<TraceParent>,
 }
 
+/// A request in flight (see [`SpanBuilder::open_requests`]): what is known of it so far.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenRequest<'a> {
+    pub id: u64,
+    pub conn: ConnId,
+    pub local: Option<SocketAddr>,
+    /// Monotonic ns of the read that carried its first bytes.
+    pub start: u64,
+    /// HTTP only; a turn-taking connection's request has neither.
+    pub method: Option<&'a str>,
+    pub path: Option<&'a str>,
+    /// The head of the request body (its `"model"` is read from it).
+    pub body_head: &'a [u8],
+}
+
 /// What the builder reports.
 #[derive(Clone, Debug, PartialEq)]
 #[expect(
@@ -278,6 +293,14 @@ impl SpanBuilder {
         if let Some(c) = self.conn_entry(conn, false) {
             c.local = Some(local);
             c.peer = Some(peer);
+        }
+    }
+
+    /// Every request announced (`Started`) and not yet finished, in no particular order: what a
+    /// live view shows as in flight. Walks the connection table; meant for about once a second.
+    pub fn open_requests(&self, mut f: impl FnMut(OpenRequest<'_>)) {
+        for (&conn, c) in &self.conns {
+            c.open_requests(conn, &mut f);
         }
     }
 
