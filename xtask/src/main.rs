@@ -30,7 +30,7 @@ enum Cmd {
     /// Install what building eBPF and running the tests need (idempotent).
     Setup {
         /// Also install the test servers and clients (nginx, wrk, bpftrace, llama.cpp wheel,
-        /// chromium).
+        /// chromium, tmux for `top`'s terminal test).
         #[arg(long)]
         test_deps: bool,
     },
@@ -270,6 +270,7 @@ fn setup(test_deps: bool) -> anyhow::Result<()> {
             // chromium's, which --no-install-recommends leaves out.
             "chromium",
             "fonts-liberation",
+            "tmux",
         ])?;
         llama_venv()?;
     }
