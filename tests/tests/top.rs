@@ -106,23 +106,15 @@ fn top_shows_live_groups_in_a_terminal_and_restores_it_on_q() {
     let server = Server::python_sse();
     let dir = tempfile::tempdir().unwrap();
     let records = dir.path().join("records.ndjson");
-    // The shell stays after top exits, so the pane keeps what top left on the terminal.
-    let command = format!(
-        "{} top --pid {} --output {}; echo TOP-EXIT=$?; sleep 600",
-        bin().display(),
-        server.proc.pid(),
-        records.display()
-    );
-    let tmux = Tmux::start(&command).expect("tmux runs");
-    let title = format!("cost-probe top: pid {}", server.proc.pid());
-    tmux.wait_for("view", Duration::from_secs(30), |p| p.contains(&title));
+    let (tmux, title) = top_in_tmux(&server, &records);
 
     // A slow stream (no model: group `-`) is in flight, with its age, while it lasts.
     let port = server.port;
-    let slow = thread::spawn(move || Client::connect(port).get("/stream?n=30&delay_ms=100"));
-    tmux.wait_for("the slow request in flight", Duration::from_secs(3), |p| {
+    let slow = thread::spawn(move || Client::connect(port).get("/stream?n=50&delay_ms=100"));
+    let flying = tmux.wait_for("the slow request in flight", Duration::from_secs(4), |p| {
         p.contains("in flight 1   oldest: - ") && row(p, "-").is_some_and(|c| c[2] == "1")
     });
+    eprintln!("in flight:\n{flying}");
     assert_eq!(slow.join().unwrap().status, 200);
 
     let mut client = Client::connect(server.port);
@@ -198,6 +190,52 @@ fn top_shows_live_groups_in_a_terminal_and_restores_it_on_q() {
         .filter(|l| l.contains(r#""type":"request""#) && l.contains(MODEL))
         .count();
     assert_eq!(requests, REQUESTS, "records in {}", records.display());
+}
+
+/// Starts `top` on `server` in tmux, keeping the shell (and the pane) after it exits.
+fn top_in_tmux(server: &Server, output: &std::path::Path) -> (Tmux, String) {
+    let command = format!(
+        "{} top --pid {} --output {}; echo TOP-EXIT=$?; sleep 600",
+        bin().display(),
+        server.proc.pid(),
+        output.display()
+    );
+    let tmux = Tmux::start(&command).expect("tmux runs");
+    let title = format!("cost-probe top: pid {}", server.proc.pid());
+    tmux.wait_for("view", Duration::from_secs(30), |p| p.contains(&title));
+    (tmux, title)
+}
+
+#[test]
+fn top_ends_with_its_target_and_restores_the_terminal() {
+    require_kernel!();
+    if !tmux_installed() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing on CI");
+        eprintln!("SKIPPED: tmux is not installed");
+        return;
+    }
+    let server = Server::python_sse();
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, title) = top_in_tmux(&server, &dir.path().join("records.ndjson"));
+    let mut client = Client::connect(server.port);
+    assert_eq!(client.get("/fixed?size=10").status, 200);
+    tmux.wait_for("the request", Duration::from_secs(15), |p| {
+        row(p, "-").is_some_and(|c| c[1] == "1")
+    });
+    drop(client);
+    server.proc.signal(libc::SIGKILL);
+    let after = tmux.wait_for("exit", Duration::from_secs(20), |p| p.contains("TOP-EXIT="));
+    assert!(after.contains("TOP-EXIT=0"), "{after}");
+    assert!(
+        !after.contains(&title),
+        "the view is still on screen:\n{after}"
+    );
+    // What the run wrote to stderr while the view was up is printed once it is gone.
+    assert!(
+        after.contains(&format!("cost-probe: pid {} exited", server.proc.pid())),
+        "{after}"
+    );
+    assert!(after.contains(r#""type":"summary""#), "{after}");
 }
 
 #[test]
