@@ -1,5 +1,6 @@
 //! `report`'s reader on one core: records/s over the lines of a real run (the fixture's mix of
 //! request and interval records, about 740 bytes a line), grouped by a tag and the model.
+//! Timed in the thread's CPU time (`common/cpu_clock.rs`).
 use std::hint::black_box;
 
 use cost_probe::{
@@ -8,6 +9,9 @@ use cost_probe::{
     rules::Rules,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+#[path = "common/cpu_clock.rs"]
+mod cpu_clock;
 
 fn lines() -> Vec<u8> {
     let fixture = include_str!("../tests/fixtures/report/demo.ndjson");
@@ -21,7 +25,7 @@ fn lines() -> Vec<u8> {
     out
 }
 
-fn report(c: &mut Criterion) {
+fn report(c: &mut Criterion<cpu_clock::ThreadCpu>) {
     let buf = lines();
     let n = memchr::memchr_iter(b'\n', &buf).count() as u64;
     let prices = Prices::from_rules(&Rules::builtin().unwrap(), None);
@@ -45,5 +49,9 @@ fn report(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, report);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(cpu_clock::ThreadCpu);
+    targets = report
+}
 criterion_main!(benches);

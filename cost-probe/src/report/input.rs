@@ -96,26 +96,43 @@ pub fn read_inputs(inputs: &[Input], agg: &mut Aggregator) -> Result<(), ReportE
     Ok(())
 }
 
-/// Feeds every line of one reader to `agg`; `name` is what errors call it.
+/// Feeds every line of one reader to `agg`; `name` is what errors call it. Lines are read in
+/// place from the reader's buffer; only a line split across two fills is copied.
 pub fn read_from(name: &str, mut r: impl BufRead, agg: &mut Aggregator) -> Result<(), ReportError> {
-    let mut line = Vec::with_capacity(4096);
+    let mut split = Vec::new();
     let mut n = 0u64;
-    loop {
-        line.clear();
-        let got = r
-            .read_until(b'\n', &mut line)
-            .map_err(|err| ReportError::Io {
-                path: name.to_owned(),
-                err,
-            })?;
-        if got == 0 {
-            return Ok(());
-        }
+    let mut feed = |line: &[u8], agg: &mut Aggregator| {
         n += 1;
-        agg.line(&line).map_err(|message| ReportError::BadLine {
+        agg.line(line).map_err(|message| ReportError::BadLine {
             input: name.to_owned(),
             line: n,
             message,
+        })
+    };
+    loop {
+        let buf = r.fill_buf().map_err(|err| ReportError::Io {
+            path: name.to_owned(),
+            err,
         })?;
+        if buf.is_empty() {
+            if !split.is_empty() {
+                feed(&split, agg)?;
+            }
+            return Ok(());
+        }
+        let mut at = 0;
+        for nl in memchr::memchr_iter(b'\n', buf) {
+            if split.is_empty() {
+                feed(&buf[at..nl], agg)?;
+            } else {
+                split.extend_from_slice(&buf[at..nl]);
+                feed(&split, agg)?;
+                split.clear();
+            }
+            at = nl + 1;
+        }
+        split.extend_from_slice(&buf[at..]);
+        let len = buf.len();
+        r.consume(len);
     }
 }

@@ -1,6 +1,6 @@
 //! The fast path of [`super::record::Line`]: one pass over the line that reads the fields the
-//! report uses and jumps over the rest (a string by `memchr` to its quote, an object or array by
-//! counting brackets), without parsing the numbers it skips. `serde_json`'s `IgnoredAny` parses
+//! report uses and jumps over the rest (a string to its quote, an object or array by counting
+//! brackets, both 8 bytes at a time), without parsing the numbers it skips. `serde_json`'s `IgnoredAny` parses
 //! and checks every skipped value, which held `report` to about a quarter of its target.
 //!
 //! Anything this path does not expect (an escaped key, trailing bytes, a value of the wrong
@@ -10,41 +10,23 @@ use std::borrow::Cow;
 
 use super::record::{Bytes, Cost, Energy, Http, Line, Tokens};
 
-/// Over the line as `&str` (checked once), so that slicing out strings and numbers needs no
-/// UTF-8 check of its own: every cut is at an ASCII quote, bracket or number byte.
 struct Scan<'a> {
     s: &'a str,
     b: &'a [u8],
     i: usize,
 }
 
-const OTHER: u8 = 0;
-const QUOTE: u8 = 1;
-const OPEN: u8 = 2;
-const CLOSE: u8 = 3;
-const END: u8 = 4;
-
-/// What each byte is to [`Scan::skip`].
-static CLASS: [u8; 256] = {
-    let mut t = [OTHER; 256];
-    t[b'"' as usize] = QUOTE;
-    t[b'{' as usize] = OPEN;
-    t[b'[' as usize] = OPEN;
-    t[b'}' as usize] = CLOSE;
-    t[b']' as usize] = CLOSE;
-    t[b',' as usize] = END;
-    t[b' ' as usize] = END;
-    t[b'\t' as usize] = END;
-    t[b'\n' as usize] = END;
-    t[b'\r' as usize] = END;
-    t
-};
-
 #[expect(
     clippy::option_option,
     reason = "outer None: the fast path gives up; inner None: the value was null"
 )]
 impl<'a> Scan<'a> {
+    /// Text the report keeps. The line was checked to be UTF-8 once, and every cut is at an
+    /// ASCII quote, bracket or number byte, so no cut fails.
+    fn text(&self, r: std::ops::Range<usize>) -> Option<&'a str> {
+        self.s.get(r)
+    }
+
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
             self.i += 1;
@@ -73,22 +55,9 @@ impl<'a> Scan<'a> {
     fn raw_string(&mut self) -> Option<(usize, usize, bool)> {
         self.eat(b'"')?;
         let start = self.i;
-        let mut escaped = false;
-        // A byte loop, not memchr: keys and most values are a few bytes long, shorter than
-        // memchr's set-up.
-        loop {
-            match *self.b.get(self.i)? {
-                b'"' => {
-                    self.i += 1;
-                    return Some((start, self.i - 1, escaped));
-                }
-                b'\\' => {
-                    escaped = true;
-                    self.i += 2;
-                }
-                _ => self.i += 1,
-            }
-        }
+        let (end, escaped) = string_end(self.b, start)?;
+        self.i = end + 1;
+        Some((start, end, escaped))
     }
 
     fn string(&mut self) -> Option<Cow<'a, str>> {
@@ -98,7 +67,7 @@ impl<'a> Scan<'a> {
                 .ok()
                 .map(Cow::Owned)
         } else {
-            self.s.get(s..e).map(Cow::Borrowed)
+            self.text(s..e).map(Cow::Borrowed)
         }
     }
 
@@ -115,7 +84,7 @@ impl<'a> Scan<'a> {
         while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.b.get(self.i) {
             self.i += 1;
         }
-        self.s.get(s..self.i).filter(|t| !t.is_empty())
+        self.text(s..self.i).filter(|t| !t.is_empty())
     }
 
     fn opt_f64(&mut self) -> Option<Option<f64>> {
@@ -133,53 +102,41 @@ impl<'a> Scan<'a> {
     }
 
     /// Jumps over one value of any type. Most of a line is skipped, so this is the hot loop:
-    /// the position lives in a local and each byte costs one table look-up.
+    /// strings and nested values go 8 bytes at a time ([`swar`]), scalars a byte at a time.
     fn skip(&mut self) -> Option<()> {
+        self.ws();
         let b = self.b;
-        let start = {
-            self.ws();
-            self.i
-        };
+        let start = self.i;
         let mut i = start;
-        let mut depth = 0usize;
-        loop {
-            match CLASS[*b.get(i)? as usize] {
-                QUOTE => {
-                    i += 1;
-                    loop {
-                        match *b.get(i)? {
-                            b'"' => break,
-                            b'\\' => i += 2,
-                            _ => i += 1,
-                        }
+        match *b.get(i)? {
+            b'"' => i = string_end(b, i + 1)?.0 + 1,
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    i = swar::structural(b, i)?;
+                    match b[i] {
+                        b'"' => i = string_end(b, i + 1)?.0,
+                        b'{' | b'[' => depth += 1,
+                        _ => depth -= 1,
                     }
                     i += 1;
-                }
-                OPEN => {
-                    depth += 1;
-                    i += 1;
-                    continue;
-                }
-                CLOSE if depth > 0 => {
-                    depth -= 1;
-                    i += 1;
-                }
-                END if depth > 0 => {
-                    i += 1;
-                    continue;
-                }
-                // At the top, a scalar ends at a comma, a closing bracket or white space.
-                CLOSE | END => {}
-                _ => {
-                    i += 1;
-                    continue;
+                    if depth == 0 {
+                        break;
+                    }
                 }
             }
-            if depth == 0 {
-                self.i = i;
-                return (i > start).then_some(());
+            // A scalar ends at a comma, a closing bracket or white space.
+            _ => {
+                while !matches!(
+                    *b.get(i)?,
+                    b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
+                ) {
+                    i += 1;
+                }
             }
         }
+        self.i = i;
+        (i > start).then_some(())
     }
 
     fn raw(&mut self) -> Option<Option<&'a str>> {
@@ -189,7 +146,7 @@ impl<'a> Scan<'a> {
         self.ws();
         let s = self.i;
         self.skip()?;
-        self.s.get(s..self.i).map(Some)
+        self.text(s..self.i).map(Some)
     }
 
     /// Calls `field` with each key of an object, positioned at its value.
@@ -227,6 +184,78 @@ impl<'a> Scan<'a> {
             return Some(false);
         }
         self.object(field).map(|()| true)
+    }
+}
+
+/// The index of the quote that closes a string whose contents start at `i`, and whether the
+/// string holds an escape.
+fn string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        i = swar::quote_or_backslash(b, i)?;
+        if b[i] == b'"' {
+            return Some((i, escaped));
+        }
+        escaped = true;
+        i += 2;
+    }
+}
+
+/// Byte searches a word (8 bytes) at a time: a record line is mostly skipped text, and a
+/// byte-at-a-time loop over it held `report` below its target. Each search returns the index
+/// of the first byte that matches, or `None` at the end of the slice.
+mod swar {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+
+    /// High bit set in each byte of `x` that is zero. Borrows can set bits above the first
+    /// zero byte, never below it, so the lowest set bit is exact.
+    const fn zero(x: u64) -> u64 {
+        x.wrapping_sub(LO) & !x & HI
+    }
+
+    const fn eq(w: u64, c: u8) -> u64 {
+        zero(w ^ (LO * c as u64))
+    }
+
+    fn find(
+        b: &[u8],
+        mut i: usize,
+        word: impl Fn(u64) -> u64,
+        byte: impl Fn(u8) -> bool,
+    ) -> Option<usize> {
+        while let Some(chunk) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            let m = word(w);
+            if m != 0 {
+                return Some(i + (m.trailing_zeros() / 8) as usize);
+            }
+            i += 8;
+        }
+        b.get(i..)?.iter().position(|&c| byte(c)).map(|p| i + p)
+    }
+
+    pub(super) fn quote_or_backslash(b: &[u8], i: usize) -> Option<usize> {
+        find(
+            b,
+            i,
+            |w| eq(w, b'"') | eq(w, b'\\'),
+            |c| c == b'"' || c == b'\\',
+        )
+    }
+
+    /// A quote or any bracket. `[`/`{` and `]`/`}` differ only in bit 5 (0x20), so one OR
+    /// folds each pair into one comparison.
+    pub(super) fn structural(b: &[u8], i: usize) -> Option<usize> {
+        find(
+            b,
+            i,
+            |w| {
+                let folded = w | (LO * 0x20);
+                eq(w, b'"') | eq(folded, b'{') | eq(folded, b'}')
+            },
+            |c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']'),
+        )
     }
 }
 
@@ -421,5 +450,25 @@ mod tests {
         assert_eq!(object_string(t, "endpoint").as_deref(), Some("chat"));
         assert_eq!(object_string(t, "region"), None);
         assert_eq!(object_string(t, "n"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn word_searches_find_what_a_byte_loop_finds(
+            b in proptest::collection::vec(proptest::sample::select(
+                b"\"\\{}[]a:,0\x7b\x5b\x7d\x5d\x22\x5c\xfb\xdb\x02\x01".to_vec()), 0..40),
+            at in 0usize..40,
+        ) {
+            let at = at.min(b.len());
+            let naive = |p: fn(u8) -> bool| b[at..].iter().position(|&c| p(c)).map(|i| at + i);
+            proptest::prop_assert_eq!(
+                swar::structural(&b, at),
+                naive(|c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']'))
+            );
+            proptest::prop_assert_eq!(
+                swar::quote_or_backslash(&b, at),
+                naive(|c| c == b'"' || c == b'\\')
+            );
+        }
     }
 }

@@ -277,3 +277,35 @@ fn a_series_past_its_bucket_cap_coarsens_and_keeps_every_dollar() {
     assert!(pts.len() <= 4096);
     assert!((pts.iter().map(|p| p.2).sum::<f64>() - 5000.0).abs() < 1e-9);
 }
+
+#[test]
+fn lines_split_across_reader_fills_are_read_whole() {
+    let text = format!(
+        "{}\n\n{}",
+        request("2026-01-01T00:00:00Z", "a", "x", 100.0, 1.0, 0.01, 100),
+        request("2026-01-01T00:00:01Z", "b", "x", 100.0, 1.0, 0.02, 100)
+    );
+    for cap in [1, 7, 64, 1 << 20] {
+        let mut agg = Aggregator::new(config(&["model"], 0));
+        read_from(
+            "t",
+            std::io::BufReader::with_capacity(cap, text.as_bytes()),
+            &mut agg,
+        )
+        .unwrap();
+        let r = agg.finish();
+        assert_eq!(r.totals.requests, 2, "capacity {cap}");
+        assert!((r.totals.cost_usd - 0.03).abs() < 1e-12, "capacity {cap}");
+    }
+    let mut agg = Aggregator::new(config(&["model"], 0));
+    let err = read_from(
+        "t",
+        std::io::BufReader::with_capacity(5, &b"\n\n{\"type\":\n"[..]),
+        &mut agg,
+    );
+    assert!(
+        err.unwrap_err()
+            .to_string()
+            .starts_with("t:3: not a record")
+    );
+}
