@@ -2,7 +2,9 @@
 //!
 //! energy $ = kWh × PUE × $/kWh; capacity $ = device-seconds × $/device-hour ÷ 3600 (GPU-seconds
 //! at the GPU model's hourly price, CPU core-seconds at $/core-hour; DRAM's capacity is part of
-//! the host and not priced separately); CO2 g = kWh × PUE × g/kWh.
+//! the host and not priced separately); egress $ = response bytes ÷ 10^9 × $/GB (decimal GB,
+//! the unit Azure bills; AWS and GCP bill per 2^30 bytes, so their list price × 0.9313 is the
+//! figure per 10^9); CO2 g = kWh × PUE × g/kWh.
 
 use serde::Serialize;
 
@@ -11,6 +13,8 @@ use crate::rules::Rules;
 use crate::units::MicroJoules;
 
 const JOULES_PER_KWH: f64 = 3.6e6;
+/// Egress is priced per decimal gigabyte.
+const BYTES_PER_GB: f64 = 1e9;
 
 /// The prices that apply to one target's requests.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -20,6 +24,7 @@ pub struct Prices {
     pub carbon_g_per_kwh: f64,
     pub gpu_usd_per_hour: f64,
     pub cpu_usd_per_core_hour: f64,
+    pub egress_usd_per_gb: f64,
 }
 
 impl Prices {
@@ -34,6 +39,7 @@ impl Prices {
             carbon_g_per_kwh: rules.energy.carbon_g_per_kwh,
             gpu_usd_per_hour: gpu.usd_per_hour(),
             cpu_usd_per_core_hour: rules.cpu.usd_per_core_hour,
+            egress_usd_per_gb: rules.network.egress_usd_per_gb,
         }
     }
 
@@ -54,16 +60,29 @@ impl Prices {
             / 3600.0
     }
 
+    /// Cost of the bytes a response sent.
     #[must_use]
-    pub fn price(&self, request: &RequestEnergy, tokens: Option<u64>) -> RequestCost {
+    pub fn egress(&self, bytes_out: u64) -> f64 {
+        bytes_out as f64 / BYTES_PER_GB * self.egress_usd_per_gb
+    }
+
+    #[must_use]
+    pub fn price(
+        &self,
+        request: &RequestEnergy,
+        tokens: Option<u64>,
+        bytes_out: u64,
+    ) -> RequestCost {
         let (energy_usd, co2_g) = self.energy(request.total());
         let secs = request.device_seconds();
         let capacity = self.capacity(secs.gpu, secs.cpu);
-        let total = energy_usd + capacity;
+        let egress = self.egress(bytes_out);
+        let total = energy_usd + capacity + egress;
         RequestCost {
             cost_usd: CostUsd {
                 energy: energy_usd,
                 capacity,
+                egress,
                 total,
             },
             co2_g,
@@ -72,11 +91,13 @@ impl Prices {
     }
 }
 
-/// `cost_usd {energy, capacity, total}` of the request record.
+/// `cost_usd {energy, capacity, egress, total}` of the request record.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct CostUsd {
     pub energy: f64,
     pub capacity: f64,
+    /// Response bytes at `[network] egress_usd_per_gb`.
+    pub egress: f64,
     pub total: f64,
 }
 
@@ -106,6 +127,7 @@ mod tests {
             carbon_g_per_kwh: 400.0,
             gpu_usd_per_hour: 3.6,
             cpu_usd_per_core_hour: 0.036,
+            egress_usd_per_gb: 0.0,
         }
     }
 
@@ -129,7 +151,7 @@ mod tests {
 
     #[test]
     fn hand_computed_request_price() {
-        let c = prices().price(&request(), Some(500));
+        let c = prices().price(&request(), Some(500), 0);
         // 1.1e-4 kWh × 1.5 × $0.12 = $1.98e-5; × 400 g = 0.066 g.
         assert!(close(c.cost_usd.energy, 1.98e-5), "{c:?}");
         assert!(close(c.co2_g, 0.066), "{c:?}");
@@ -141,6 +163,28 @@ mod tests {
     }
 
     #[test]
+    fn egress_is_priced_per_decimal_gb_and_is_part_of_the_total() {
+        let p = Prices {
+            egress_usd_per_gb: 0.09,
+            ..prices()
+        };
+        // 2.5e9 bytes × $0.09 per 10^9 bytes = $0.225.
+        assert!(close(p.egress(2_500_000_000), 0.225));
+        let c = p.price(&request(), Some(500), 2_500_000_000);
+        assert!(close(c.cost_usd.egress, 0.225), "{c:?}");
+        assert!(close(c.cost_usd.total, 5.398e-4 + 0.225), "{c:?}");
+        assert!(
+            close(c.usd_per_1k_tokens.unwrap(), (5.398e-4 + 0.225) * 2.0),
+            "{c:?}"
+        );
+        // The default price is 0: the record's egress is there, and nothing.
+        assert_eq!(
+            prices().price(&request(), None, 1 << 40).cost_usd.egress,
+            0.0
+        );
+    }
+
+    #[test]
     fn one_kwh_costs_the_tariff_times_pue() {
         let (usd, g) = prices().energy(MicroJoules(3_600_000_000_000));
         assert!(close(usd, 0.18) && close(g, 600.0));
@@ -149,9 +193,9 @@ mod tests {
     #[test]
     fn unknown_or_zero_tokens_give_no_per_token_price() {
         let p = prices();
-        assert_eq!(p.price(&request(), None).usd_per_1k_tokens, None);
-        assert_eq!(p.price(&request(), Some(0)).usd_per_1k_tokens, None);
-        let json = serde_json::to_value(p.price(&request(), None)).unwrap();
+        assert_eq!(p.price(&request(), None, 0).usd_per_1k_tokens, None);
+        assert_eq!(p.price(&request(), Some(0), 0).usd_per_1k_tokens, None);
+        let json = serde_json::to_value(p.price(&request(), None, 0)).unwrap();
         assert!(json.get("usd_per_1k_tokens").is_none());
         assert!(json["cost_usd"]["total"].is_f64());
     }

@@ -171,6 +171,11 @@ impl RequestRecord<'_> {
             }
             out.push(b'}');
         }
+        if let Some(h) = self.request_hash {
+            lit(out, ",\"request_hash\":\"");
+            out.extend_from_slice(&h.hex());
+            out.push(b'"');
+        }
     }
 
     /// From `bytes` to `tokens`.
@@ -240,6 +245,7 @@ impl RequestRecord<'_> {
                 &[
                     (",\"cost_usd\":{\"energy\":", c.energy),
                     (",\"capacity\":", c.capacity),
+                    (",\"egress\":", c.egress),
                     (",\"total\":", c.total),
                 ],
             );
@@ -285,7 +291,7 @@ mod tests {
         attribution::EnergyJoules,
         output::{
             SecondCache, WallClock,
-            records::{Attribution, Bytes, Conn, Envelope, FlagList, Http, Tokens},
+            records::{Attribution, Bytes, Conn, Envelope, FlagList, Http, RequestHash, Tokens},
         },
         pricing::CostUsd,
     };
@@ -329,6 +335,7 @@ mod tests {
         peer: Option<SocketAddr>,
         proto: u8,
         http: Option<(String, String, Option<u16>)>,
+        hash: Option<u64>,
     }
 
     prop_compose! {
@@ -341,8 +348,9 @@ mod tests {
             peer in addr_strategy(),
             proto in 0u8..3,
             http in proptest::option::of((text(), text(), proptest::option::of(any::<u16>()))),
+            hash in proptest::option::of(any::<u64>()),
         ) -> Head {
-            Head { start, dur, pid, comm, local, peer, proto, http }
+            Head { start, dur, pid, comm, local, peer, proto, http, hash }
         }
     }
 
@@ -375,7 +383,7 @@ mod tests {
     struct Price {
         energy: Option<[f64; 4]>,
         attribution: Option<(u8, [Option<f64>; 4])>,
-        cost: Option<[f64; 3]>,
+        cost: Option<[f64; 4]>,
         co2: Option<f64>,
         per_1k: Option<f64>,
         tags: BTreeMap<String, String>,
@@ -388,7 +396,7 @@ mod tests {
             attribution in proptest::option::of(
                 (0u8..3, proptest::array::uniform4(proptest::option::of(float_strategy())))
             ),
-            cost in proptest::option::of(proptest::array::uniform3(float_strategy())),
+            cost in proptest::option::of(proptest::array::uniform4(float_strategy())),
             co2 in proptest::option::of(float_strategy()),
             per_1k in proptest::option::of(float_strategy()),
             tags in proptest::collection::btree_map(text(), text(), 0..4),
@@ -413,6 +421,7 @@ mod tests {
                 conn: Conn { local: h.local, peer: h.peer },
                 protocol: [Protocol::Http1, Protocol::Tcp, Protocol::Http2][usize::from(h.proto)],
                 http: h.http.as_ref().map(|(m, p, s)| Http { method: m, path: p, status: *s }),
+                request_hash: h.hash.map(RequestHash),
                 bytes: Bytes { input: b.bytes.0, out: b.bytes.1 },
                 ttfb_ms: b.ttfb,
                 first_chunk_ms: b.first_chunk,
@@ -427,7 +436,7 @@ mod tests {
                     prefill_j: pj,
                     decode_j: dj,
                 }),
-                cost_usd: p.cost.map(|[energy, capacity, total]| CostUsd { energy, capacity, total }),
+                cost_usd: p.cost.map(|[energy, capacity, egress, total]| CostUsd { energy, capacity, egress, total }),
                 co2_g: p.co2,
                 usd_per_1k_tokens: p.per_1k,
                 tags: Cow::Owned(p.tags),

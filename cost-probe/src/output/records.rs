@@ -88,6 +88,31 @@ pub struct Http<'a> {
     pub status: Option<u16>,
 }
 
+/// `request_hash`: 16 lower-case hex digits, so tools that read JSON numbers as f64 keep all 64
+/// bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHash(pub u64);
+
+impl RequestHash {
+    /// The hex digits, without an allocation.
+    #[must_use]
+    pub fn hex(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, d) in out.iter_mut().enumerate() {
+            let nibble = (self.0 >> (60 - 4 * i)) & 0xf;
+            *d = b"0123456789abcdef"[nibble as usize];
+        }
+        out
+    }
+}
+
+impl Serialize for RequestHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let hex = self.hex();
+        s.serialize_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
+    }
+}
+
 #[derive(Serialize, Debug)]
 pub struct Bytes {
     #[serde(rename = "in")]
@@ -145,6 +170,10 @@ pub struct RequestRecord<'a> {
     pub protocol: Protocol,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<Http<'a>>,
+    /// XXH64 of method, target and body, headers left out; absent when the body was not read
+    /// whole (`spans::http::request::RequestHash`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<RequestHash>,
     pub bytes: Bytes,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttfb_ms: Option<f64>,
@@ -246,6 +275,7 @@ impl<'a> RequestRecord<'a> {
                 }),
                 _ => None,
             },
+            request_hash: span.request_hash.map(RequestHash),
             bytes: Bytes {
                 input: span.bytes_in,
                 out: span.bytes_out,
@@ -409,6 +439,7 @@ mod tests {
             timings: None,
             flags,
             trace_parent: None,
+            request_hash: None,
         };
         let clock = WallClock::fixed(1_700_000_000_000_000_000);
         let mut cache = super::super::SecondCache::default();

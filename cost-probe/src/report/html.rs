@@ -116,6 +116,13 @@ pub fn page(r: &Report) -> Result<String, HtmlError> {
                         h2 { "Most expensive requests" }
                         (table(&top, render::TOP_TEXT_COLUMNS, "top"))
                     }
+                    h2 { "Cache opportunity" }
+                    p { (render::cache_heading(r)) }
+                    @let cache = render::cache_rows(r);
+                    @if !cache.is_empty() {
+                        (table(&cache, r.by.len(), "cache"))
+                    }
+                    @for l in render::cache_lines(r) { p { (l) } }
                     @if let Some(total) = &r.month_end {
                         h2 { "Forecast" }
                         p { (render::forecast_heading(total)) }

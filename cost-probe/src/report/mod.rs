@@ -2,8 +2,9 @@
 //!
 //! Streaming and bounded: each line is parsed in place ([`record`]), folded into per-group HDR
 //! histograms and sums, and dropped. Memory is bounded by the group cap ([`MAX_GROUPS`]; past it
-//! requests fold into `(other)`), the top-N heap and the histograms' fixed precision, not by the
-//! number of records.
+//! requests fold into `(other)`), the top-N heap, the histograms' fixed precision and the cap on
+//! request hashes remembered ([`cache::MAX_DISTINCT`]), not by the number of records.
+pub mod cache;
 pub mod forecast;
 pub mod html;
 mod input;
@@ -127,6 +128,8 @@ struct Group {
     co2_g: f64,
     token_cost_usd: f64,
     tokens: u64,
+    egress_usd: f64,
+    cache: cache::Tally,
     spend: Series,
 }
 
@@ -144,6 +147,8 @@ impl Group {
             co2_g: 0.0,
             token_cost_usd: 0.0,
             tokens: 0,
+            egress_usd: 0.0,
+            cache: cache::Tally::default(),
             spend: Series::default(),
         }
     }
@@ -192,6 +197,9 @@ struct Totals {
     co2_g: f64,
     token_cost_usd: f64,
     tokens: u64,
+    egress_usd: f64,
+    bytes_out: u64,
+    cache: cache::Tally,
     intervals: u64,
     attributed_j: f64,
     idle_j: f64,
@@ -214,6 +222,7 @@ pub struct Aggregator {
     budget_spend: Vec<Series>,
     /// What only the HTML report draws; `None` unless asked for.
     views: Option<Box<views::Collector>>,
+    hashes: cache::Seen,
 }
 
 impl Aggregator {
@@ -227,6 +236,7 @@ impl Aggregator {
             spend: Series::default(),
             budget_spend: vec![Series::default(); config.budgets.len()],
             views: None,
+            hashes: cache::Seen::default(),
             config,
         }
     }
@@ -366,9 +376,15 @@ impl Aggregator {
         let cost = l.cost_usd.map(|c| c.total);
         let tokens = l.tokens.map(record::Tokens::total).filter(|t| *t > 0);
         let energy = l.energy_j.map(|e| e.total);
+        let egress = l.cost_usd.and_then(|c| c.egress).unwrap_or(0.0);
         let to_top = cost.is_some_and(|c| self.enters_top(c));
+        let repeat = l.request_hash.map(|h| self.hashes.check(h));
         let g = self.group(l);
         g.requests += 1;
+        g.egress_usd += egress;
+        if let Some(kind) = repeat {
+            g.cache.add(kind, cost, energy);
+        }
         if let Some(d) = l.duration_ms {
             record_in(&mut g.latency_us, (d * 1e3).round() as u64);
         }
@@ -395,6 +411,11 @@ impl Aggregator {
         let t = &mut self.totals;
         t.requests += 1;
         t.partial += u64::from(partial);
+        t.egress_usd += egress;
+        t.bytes_out += l.bytes.map_or(0, |b| b.out);
+        if let Some(kind) = repeat {
+            t.cache.add(kind, cost, energy);
+        }
         if let Some(c) = cost {
             t.priced += 1;
             t.cost_usd += c;
@@ -468,6 +489,11 @@ impl Aggregator {
         };
         let mut merged = self.views.as_ref().map(|_| views::Merged::default());
         let mut spend = Vec::new();
+        let cache_opportunity = cache::CacheReport::of(
+            &self.totals.cache,
+            total_cost,
+            self.groups.values().map(|g| (&g.values[..], &g.cache)),
+        );
         let mut groups: Vec<GroupReport> = self
             .groups
             .into_values()
@@ -522,6 +548,7 @@ impl Aggregator {
             forecast_method: forecast::METHOD,
             month_end: month(&self.spend),
             budgets,
+            cache_opportunity,
             totals: TotalsReport {
                 requests: t.requests,
                 priced_requests: t.priced,
@@ -531,6 +558,8 @@ impl Aggregator {
                 co2_g: t.co2_g,
                 usd_per_1k_tokens: per_1k(t.token_cost_usd, t.tokens),
                 tokens: t.tokens,
+                egress_usd: t.egress_usd,
+                bytes_out: t.bytes_out,
                 intervals: t.intervals,
                 attributed_j: t.attributed_j,
                 idle_j: t.idle_j,
@@ -578,6 +607,7 @@ pub struct Report {
     /// What the HTML report draws, when the aggregator collected it.
     #[serde(skip)]
     pub views: Option<views::Views>,
+    pub cache_opportunity: cache::CacheReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -595,6 +625,8 @@ pub struct GroupReport {
     pub energy_j: f64,
     pub cost_usd: f64,
     pub co2_g: f64,
+    /// The part of `cost_usd` that is response bytes at the egress price.
+    pub egress_usd: f64,
     /// This group's part of all requests' cost, 0–1.
     pub share: Option<f64>,
     pub month_end: Option<Projection>,
@@ -617,6 +649,7 @@ impl GroupReport {
             energy_j: g.energy_j,
             cost_usd: g.cost_usd,
             co2_g: g.co2_g,
+            egress_usd: g.egress_usd,
             share: (total_cost > 0.0).then(|| g.cost_usd / total_cost),
             month_end: None,
         }
@@ -633,6 +666,10 @@ pub struct TotalsReport {
     pub co2_g: f64,
     pub usd_per_1k_tokens: Option<f64>,
     pub tokens: u64,
+    /// The part of `cost_usd` that is response bytes at the egress price.
+    pub egress_usd: f64,
+    /// Response bytes of every request (`bytes.out`).
+    pub bytes_out: u64,
     pub intervals: u64,
     pub attributed_j: f64,
     /// Energy the target's devices drew with no request in flight: the idle waste.

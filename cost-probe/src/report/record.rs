@@ -24,6 +24,8 @@ pub struct Line<'a> {
     #[serde(borrow)]
     pub http: Option<Http<'a>>,
     pub bytes: Option<Bytes>,
+    #[serde(default, deserialize_with = "hex")]
+    pub request_hash: Option<u64>,
     pub first_chunk_ms: Option<f64>,
     #[serde(borrow)]
     pub model: Option<Cow<'a, str>>,
@@ -44,6 +46,23 @@ pub struct Line<'a> {
     pub other_j: Option<f64>,
     // lost
     pub events: Option<u64>,
+}
+
+fn hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Option::<Cow<'de, str>>::deserialize(d)?
+        .map(|s| {
+            parse_hash(&s)
+                .ok_or_else(|| serde::de::Error::custom("request_hash: not 16 hex digits"))
+        })
+        .transpose()
+}
+
+/// A `request_hash`: exactly 16 hex digits.
+#[must_use]
+pub fn parse_hash(s: &str) -> Option<u64> {
+    (s.len() == 16 && s.bytes().all(|c| c.is_ascii_hexdigit()))
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
 }
 
 fn raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
@@ -85,6 +104,9 @@ pub struct Energy {
 #[derive(Deserialize, Debug, Clone, Copy)]
 pub struct Cost {
     pub total: f64,
+    /// Absent in records from before egress was priced.
+    #[serde(default)]
+    pub egress: Option<f64>,
 }
 
 /// Nanoseconds since the Unix epoch of an RFC 3339 UTC stamp as the records write it

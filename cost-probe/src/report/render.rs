@@ -157,8 +157,97 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(out, "\nmost expensive requests:");
         grid(&mut out, &top, TOP_TEXT_COLUMNS);
     }
+    cache(&mut out, r);
     forecast(&mut out, r);
     out
+}
+
+/// Repeated requests, exact match only, per group and in total.
+fn cache(out: &mut String, r: &Report) {
+    let _ = writeln!(out, "\n{}", cache_heading(r));
+    let rows = cache_rows(r);
+    if !rows.is_empty() {
+        grid(out, &rows, r.by.len());
+    }
+    for l in cache_lines(r) {
+        out.push_str(&l);
+        out.push('\n');
+    }
+}
+
+pub(super) fn cache_heading(r: &Report) -> &'static str {
+    if r.cache_opportunity.hashed_requests == 0 {
+        "cache opportunity: no request carries a request_hash"
+    } else {
+        "cache opportunity (exact match only: same method, target and body; headers left out):"
+    }
+}
+
+/// The header, each group with hashed requests (most repeat $ first) and the total; empty when
+/// no request carries a hash.
+pub(super) fn cache_rows(r: &Report) -> Vec<Vec<String>> {
+    let c = &r.cache_opportunity;
+    if c.hashed_requests == 0 {
+        return Vec::new();
+    }
+    let mut rows = vec![
+        r.by.iter()
+            .cloned()
+            .chain(["hashed", "repeats", "repeat $", "repeat J"].map(String::from))
+            .collect::<Vec<_>>(),
+    ];
+    let mut groups: Vec<_> = c.groups.iter().filter(|g| g.hashed_requests > 0).collect();
+    groups.sort_by(|a, b| {
+        b.repeat_usd
+            .total_cmp(&a.repeat_usd)
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    let row = |key: Vec<String>, hashed: u64, repeats: u64, usd_: f64, j: f64| {
+        let mut v = key;
+        v.extend([
+            hashed.to_string(),
+            repeats.to_string(),
+            usd(Some(usd_)),
+            sig3(j),
+        ]);
+        v
+    };
+    for g in groups {
+        rows.push(row(
+            g.key.clone(),
+            g.hashed_requests,
+            g.repeats,
+            g.repeat_usd,
+            g.repeat_j,
+        ));
+    }
+    rows.push(row(
+        total_key(r),
+        c.hashed_requests,
+        c.repeats,
+        c.repeat_usd,
+        c.repeat_j,
+    ));
+    rows
+}
+
+/// The repeats' share of cost, and what the hash cap left unknown.
+pub(super) fn cache_lines(r: &Report) -> Vec<String> {
+    let c = &r.cache_opportunity;
+    if c.hashed_requests == 0 {
+        return Vec::new();
+    }
+    let mut lines = vec![format!(
+        "repeats cost {} of all requests' cost",
+        pct(c.share_of_cost)
+    )];
+    if c.unknown > 0 {
+        lines.push(format!(
+            "{} requests not told first or repeat: more than {} distinct hashes",
+            c.unknown, c.distinct_cap
+        ));
+    }
+    lines
 }
 
 /// The forecast's heading: the month end it projects to.
@@ -254,6 +343,11 @@ pub(super) fn energy_lines(r: &Report) -> Vec<String> {
             sig3(t.idle_j),
             usd(Some(t.idle_usd)),
             pct(idle_share)
+        ),
+        format!(
+            "egress: {} bytes out, {} (part of cost)",
+            t.bytes_out,
+            usd(Some(t.egress_usd))
         ),
         format!(
             "lost events: {}; partial requests: {}",

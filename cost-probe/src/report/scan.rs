@@ -281,6 +281,12 @@ pub fn line(b: &[u8]) -> Option<Line<'_>> {
             b"other_j" => l.other_j = s.opt_f64()?,
             b"events" => l.events = s.opt_u64()?,
             b"tags" => l.tags = s.raw()?,
+            b"request_hash" => {
+                l.request_hash = match s.opt_string()? {
+                    Some(h) => Some(super::record::parse_hash(&h)?),
+                    None => None,
+                };
+            }
             b"flags" => l.flags = s.raw()?,
             b"http" => {
                 let (mut method, mut path, mut status) = (None, None, None);
@@ -334,20 +340,20 @@ pub fn line(b: &[u8]) -> Option<Line<'_>> {
                 l.tokens = present.then_some(Tokens { prompt, completion });
             }
             b"energy_j" | b"cost_usd" => {
-                let mut total = None;
+                let (mut total, mut egress) = (None, None);
                 let present = s.object_or_null(|s, k| {
-                    if k == b"total" {
-                        total = Some(s.opt_f64()??);
-                        Some(())
-                    } else {
-                        s.skip()
+                    match k {
+                        b"total" => total = Some(s.opt_f64()??),
+                        b"egress" => egress = s.opt_f64()?,
+                        _ => s.skip()?,
                     }
+                    Some(())
                 })?;
                 let got = if present { Some(total?) } else { None };
                 if k == b"energy_j" {
                     l.energy_j = got.map(|total| Energy { total });
                 } else {
-                    l.cost_usd = got.map(|total| Cost { total });
+                    l.cost_usd = got.map(|total| Cost { total, egress });
                 }
             }
             _ => s.skip()?,
@@ -402,7 +408,9 @@ mod tests {
                 (f(l.duration_ms), f(l.first_chunk_ms), f(l.co2_g), l.events),
                 (
                     f(l.energy_j.map(|e| e.total)),
-                    f(l.cost_usd.map(|c| c.total))
+                    f(l.cost_usd.map(|c| c.total)),
+                    f(l.cost_usd.and_then(|c| c.egress)),
+                    l.request_hash,
                 ),
                 (f(l.attributed_j), f(l.idle_j), f(l.other_j)),
             )
@@ -436,6 +444,10 @@ mod tests {
             r#"{"type":"request","cost_usd":{"energy":1}}"#,
             r#"{"type":"request","http":{"method":"GET","path":"/","status":70000}}"#,
             r#"{"type":"request"} trailing"#,
+            r#"{"type":"request","request_hash":"00ff00ff00ff00fF","cost_usd":{"egress":2.5e-3,"total":1}}"#,
+            r#"{"type":"request","request_hash":null,"cost_usd":{"egress":null,"total":1}}"#,
+            r#"{"type":"request","request_hash":"+0ff00ff00ff00ff"}"#,
+            r#"{"type":"request","request_hash":"0ff"}"#,
             r#"{"type":"request","model":"#,
             r#"{"model":"m"}"#,
         ] {

@@ -7,6 +7,7 @@ fn prices() -> Prices {
         carbon_g_per_kwh: 300.0,
         gpu_usd_per_hour: 3.0,
         cpu_usd_per_core_hour: 0.05,
+        egress_usd_per_gb: 0.0,
     }
 }
 
@@ -308,4 +309,91 @@ fn lines_split_across_reader_fills_are_read_whole() {
             .to_string()
             .starts_with("t:3: not a record")
     );
+}
+
+/// `request(…)` with a `request_hash` and an egress part of its cost.
+fn hashed(start: &str, team: &str, j: f64, usd: f64, hash: u64, egress: f64) -> String {
+    request(start, "m", team, 10.0, j, usd, 10)
+        .replacen(
+            r#","bytes":"#,
+            &format!(r#","request_hash":"{hash:016x}","bytes":"#),
+            1,
+        )
+        .replacen(r#""total":"#, &format!(r#""egress":{egress},"total":"#), 2)
+}
+
+#[test]
+fn three_of_one_prompt_are_two_repeats_and_their_cost() {
+    let mut agg = Aggregator::new(config(&["team"], 0));
+    let mut lines = Vec::new();
+    // 10 requests: the prompt 0xabc three times (at 0.01, 0.02, 0.04 $), seven distinct others.
+    for (i, (hash, team, usd, j)) in [
+        (0xabc, "x", 0.01, 1.0),
+        (1, "x", 0.5, 5.0),
+        (0xabc, "y", 0.02, 2.0),
+        (2, "x", 0.5, 5.0),
+        (3, "y", 0.5, 5.0),
+        (0xabc, "x", 0.04, 4.0),
+        (4, "x", 0.5, 5.0),
+        (5, "x", 0.5, 5.0),
+        (6, "y", 0.5, 5.0),
+        (7, "y", 0.5, 5.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        lines.push(hashed(
+            &format!("2026-01-01T00:00:0{i}Z"),
+            team,
+            j,
+            usd,
+            hash,
+            0.0,
+        ));
+    }
+    // One without a hash (body not captured whole) is neither first nor repeat.
+    lines.push(request("2026-01-01T00:00:10Z", "m", "x", 1.0, 1.0, 0.01, 1));
+    feed(&mut agg, &lines);
+    let r = agg.finish();
+    let c = &r.cache_opportunity;
+    assert_eq!((c.hashed_requests, c.repeats, c.unknown), (10, 2, 0));
+    // The first (0.01 $, 1 J) is not a repeat; the two later ones are.
+    assert!((c.repeat_usd - 0.06).abs() < 1e-12, "{c:?}");
+    assert!((c.repeat_j - 6.0).abs() < 1e-12, "{c:?}");
+    assert!((c.share_of_cost.unwrap() - 0.06 / r.totals.cost_usd).abs() < 1e-12);
+    let by = |k: &str| c.groups.iter().find(|g| g.key == [k]).unwrap();
+    assert_eq!((by("x").repeats, by("y").repeats), (1, 1));
+    assert!((by("x").repeat_usd - 0.04).abs() < 1e-12);
+    assert!((by("y").repeat_usd - 0.02).abs() < 1e-12);
+    assert!(table(&r).contains("cache opportunity (exact match only"));
+}
+
+#[test]
+fn hashes_past_the_cap_are_unknown_and_remembered_ones_still_repeat() {
+    let mut seen = cache::Seen::default();
+    for h in 0..cache::MAX_DISTINCT as u64 {
+        assert_eq!(seen.check(h), cache::Kind::First);
+    }
+    assert_eq!(seen.check(u64::MAX), cache::Kind::Unknown);
+    assert_eq!(seen.check(u64::MAX), cache::Kind::Unknown);
+    assert_eq!(seen.check(7), cache::Kind::Repeat);
+}
+
+#[test]
+fn egress_sums_per_group_and_in_total() {
+    let mut agg = Aggregator::new(config(&["team"], 0));
+    feed(
+        &mut agg,
+        &[
+            hashed("2026-01-01T00:00:00Z", "x", 1.0, 0.25, 1, 0.09),
+            hashed("2026-01-01T00:00:01Z", "x", 1.0, 0.25, 2, 0.01),
+            hashed("2026-01-01T00:00:02Z", "y", 1.0, 0.25, 3, 0.0),
+        ],
+    );
+    let r = agg.finish();
+    assert!((r.totals.egress_usd - 0.1).abs() < 1e-12);
+    assert_eq!(r.totals.bytes_out, 6);
+    let x = r.groups.iter().find(|g| g.key == ["x"]).unwrap();
+    assert!((x.egress_usd - 0.1).abs() < 1e-12);
+    assert!(table(&r).contains("egress: 6 bytes out, $0.100 (part of cost)"));
 }

@@ -86,6 +86,12 @@ pub struct CpuRules {
     pub max_watts_per_core: f64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NetworkRules {
+    /// Per 10^9 bytes of response (`bytes.out`), not per GiB.
+    pub egress_usd_per_gb: f64,
+}
+
 #[derive(Clone, Debug)]
 pub struct PathRules {
     pub placeholder: String,
@@ -119,6 +125,7 @@ pub struct Rules {
     /// Keyed by model substring; `default` prices any GPU no other key matches.
     pub gpu: BTreeMap<String, GpuRule>,
     pub cpu: CpuRules,
+    pub network: NetworkRules,
     pub attribution: LedgerConfig,
     pub paths: PathRules,
     pub tags: Vec<TagRule>,
@@ -221,6 +228,7 @@ struct Merger {
     energy: (Option<f64>, Option<f64>, Option<f64>),
     cpu: (Option<f64>, Option<f64>, Option<f64>),
     cpu_file: String,
+    egress_usd_per_gb: Option<f64>,
     attribution: LedgerConfig,
     placeholder: Option<String>,
     max_segments: Option<usize>,
@@ -254,6 +262,12 @@ impl Merger {
             set(&mut self.cpu.1, c.idle_watts_per_core.map(|v| v.0));
             set(&mut self.cpu.2, c.max_watts_per_core.map(|v| v.0));
             file.clone_into(&mut self.cpu_file);
+        }
+        if let Some(n) = parsed.network {
+            set(
+                &mut self.egress_usd_per_gb,
+                n.egress_usd_per_gb.map(|v| v.0),
+            );
         }
         if let Some(a) = parsed.attribution {
             let c = &mut self.attribution;
@@ -373,6 +387,9 @@ impl Merger {
                 usd_per_core_hour: core_hour,
                 idle_watts_per_core: idle_w,
                 max_watts_per_core: max_w,
+            },
+            network: NetworkRules {
+                egress_usd_per_gb: self.egress_usd_per_gb.unwrap_or(0.0),
             },
             attribution: self.attribution,
             paths: PathRules {

@@ -102,6 +102,10 @@ bounded!(
     DeviceWatts, "idle_power", 0.0 ..= 10_000.0, "W"
 );
 bounded!(
+    /// `[network] egress_usd_per_gb`: internet egress list prices are cents per GB.
+    UsdPerGb, "an egress price", 0.0 ..= 10.0, "$/GB"
+);
+bounded!(
     /// `[[budget]] amount_usd`.
     BudgetUsd, "a budget", above 0.0 ..= 1e9, "$"
 );
@@ -144,6 +148,7 @@ pub struct RulesFile {
     pub energy: Option<EnergyFile>,
     pub gpu: Option<BTreeMap<String, GpuRule>>,
     pub cpu: Option<CpuFile>,
+    pub network: Option<NetworkFile>,
     pub attribution: Option<AttributionFile>,
     pub paths: Option<PathsFile>,
     #[serde(default)]
@@ -170,6 +175,12 @@ pub struct CpuFile {
     pub usd_per_core_hour: Option<UsdPerCoreHour>,
     pub idle_watts_per_core: Option<WattsPerCore>,
     pub max_watts_per_core: Option<WattsPerCore>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFile {
+    pub egress_usd_per_gb: Option<UsdPerGb>,
 }
 
 /// How a GPU's hours are priced.

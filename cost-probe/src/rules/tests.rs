@@ -25,6 +25,7 @@ fn builtin_rules_parse_with_documented_defaults() {
     assert_eq!(r.gpu_for("NVIDIA A10G").0, "a10");
     assert_eq!(r.gpu_for("Tesla V100").0, "default");
     assert!(r.budgets.is_empty() && r.targets.is_empty());
+    assert_eq!(r.network.egress_usd_per_gb, 0.0);
 }
 
 #[test]
@@ -317,6 +318,9 @@ fn rules_reject_1e308_watts_and_prices_and_every_number_out_of_range() {
         ),
         ("[attribution]\nmax_open_spans = 0\n", "count from 1"),
         ("[paths]\nmax_segments = 65\n", "count from 1"),
+        ("[network]\negress_usd_per_gb = -0.01\n", "egress price"),
+        ("[network]\negress_usd_per_gb = nan\n", "egress price"),
+        ("[network]\negress_usd_per_gb = 11\n", "egress price"),
         (
             "[[budget]]\nname = \"b\"\nperiod = \"day\"\namount_usd = 1e308\n",
             "budget",
@@ -346,6 +350,8 @@ fn rules_reject_1e308_watts_and_prices_and_every_number_out_of_range() {
     .unwrap();
     assert!(r.gpu["h100"].usd_per_hour().is_finite());
     assert_eq!(r.cpu.max_watts_per_core, 1000.0);
+    let r = load("[network]\negress_usd_per_gb = 0.09\n").unwrap();
+    assert_eq!(r.network.egress_usd_per_gb, 0.09);
 }
 
 /// Regression (#10.11): a dangling or looping `*.toml` symlink in the rules directory was

@@ -488,6 +488,7 @@ mod tests {
             timings: None,
             flags: Flags::default(),
             trace_parent: None,
+            request_hash: None,
         }
     }
 

@@ -245,7 +245,9 @@ impl Tracer {
             if result.is_err() {
                 continue;
             }
-            let cost = self.prices.price(&energy, span.usage.total());
+            let cost = self
+                .prices
+                .price(&energy, span.usage.total(), span.bytes_out);
             let (comm, tags) = tags_of(
                 &mut self.processes,
                 &self.tagger,

@@ -561,6 +561,11 @@ impl Conn {
             timings,
             flags,
             trace_parent: req.trace_parent,
+            request_hash: if req.complete && !req.truncated {
+                req.hash.digest()
+            } else {
+                None
+            },
         }));
     }
 

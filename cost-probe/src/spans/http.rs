@@ -4,9 +4,11 @@
 //! ([`Seg`]). Framing needs lengths more than contents: a gap inside a body just counts down the
 //! remaining length; a gap inside headers or a chunk-size line loses sync, which is flagged and
 //! recovered from at the next recognisable boundary.
+mod hash;
 mod request;
 mod response;
 
+pub use self::hash::RequestHash;
 pub use self::request::{ReqOutput, Request, RequestParser};
 pub use self::response::{Framing, HeadParse, ResponseHead, parse_response_head};
 

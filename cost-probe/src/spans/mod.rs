@@ -103,6 +103,9 @@ pub struct RequestSpan {
     pub flags: Flags,
     /// The request's W3C `traceparent`, the one header kept (see [`TraceParent`]).
     pub trace_parent: Option<TraceParent>,
+    /// XXH64 of method, target and body (headers left out), when the body was read whole
+    /// (`http::request::RequestHash`); the report's exact-match cache opportunity.
+    pub request_hash: Option<u64>,
 }
 
 /// A request in flight (see [`SpanBuilder::open_requests`]): what is known of it so far.

@@ -186,6 +186,7 @@ fn cost_probe_attributes(d: &SpanData, a: &mut Vec<KeyValue>) {
         a.push(kv("cost_probe.cost.total_usd", dbl(c.total)));
         a.push(kv("cost_probe.cost.energy_usd", dbl(c.energy)));
         a.push(kv("cost_probe.cost.capacity_usd", dbl(c.capacity)));
+        a.push(kv("cost_probe.cost.egress_usd", dbl(c.egress)));
     }
     if let Some(g) = d.co2_g {
         a.push(kv("cost_probe.co2_g", dbl(g)));

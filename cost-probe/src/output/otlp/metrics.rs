@@ -271,7 +271,11 @@ impl Aggregator {
             }
         }
         if let Some(c) = rec.cost_usd {
-            for (component, usd) in [("energy", c.energy), ("capacity", c.capacity)] {
+            for (component, usd) in [
+                ("energy", c.energy),
+                ("capacity", c.capacity),
+                ("egress", c.egress),
+            ] {
                 let mut a = genai.clone();
                 a.push(("cost_probe.cost.component", Val::S(component.to_owned())));
                 self.add(Inst::Cost, a, usd);

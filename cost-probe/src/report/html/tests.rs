@@ -16,6 +16,7 @@ fn config(by: &[&str]) -> ReportConfig {
             carbon_g_per_kwh: 300.0,
             gpu_usd_per_hour: 3.0,
             cpu_usd_per_core_hour: 0.05,
+            egress_usd_per_gb: 0.0,
         },
         budgets: Vec::new(),
     }

@@ -87,6 +87,7 @@ impl Conn {
             timings: None,
             flags,
             trace_parent: None,
+            request_hash: None,
         }));
     }
 }

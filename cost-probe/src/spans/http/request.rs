@@ -2,8 +2,8 @@
 use std::collections::VecDeque;
 
 use super::{
-    BODY_KEEP, ChunkError, Chunked, HeaderInfo, MAX_HEADER_BYTES, MAX_HEADERS, Seg, Upgrade,
-    looks_like_request,
+    BODY_KEEP, ChunkError, Chunked, HeaderInfo, MAX_HEADER_BYTES, MAX_HEADERS, RequestHash, Seg,
+    Upgrade, looks_like_request,
 };
 use crate::spans::lenient;
 
@@ -28,6 +28,9 @@ pub struct Request {
     pub upgrade: Option<Upgrade>,
     /// The caller's W3C trace context, when the head carried a valid one.
     pub trace_parent: Option<crate::spans::TraceParent>,
+    /// Method, target and body bytes hashed as they are read; cleared when a body byte was not
+    /// captured.
+    pub hash: RequestHash,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -345,10 +348,12 @@ impl RequestParser {
     }
 }
 
-/// Body bytes for the request at the back of the queue: count them, keep the first few.
+/// Body bytes for the request at the back of the queue: count them, keep the first few, hash
+/// them (`kept` shorter than `n`: bytes the kernel did not copy).
 fn body(queue: &mut VecDeque<Request>, kept: &[u8], n: u64, complete: bool) {
     if let Some(r) = queue.back_mut() {
         r.bytes_in += n;
+        r.hash.body(kept, n);
         let room = BODY_KEEP.saturating_sub(r.body_head.len());
         r.body_head.extend_from_slice(&kept[..kept.len().min(room)]);
         r.complete |= complete;
@@ -390,8 +395,8 @@ fn parse_request_head(buf: &[u8], start: u64) -> ReqHead {
         Ok(httparse::Status::Complete(n)) => {
             let info = HeaderInfo::strict(req.headers);
             let method = req.method.unwrap_or("").to_owned();
-            let path = path_of(req.path.unwrap_or("").as_bytes());
-            let (r, next) = request_from(method, path, start, n, &info);
+            let target = req.path.unwrap_or("").as_bytes();
+            let (r, next) = request_from(method, target, start, n, &info);
             return ReqHead::Complete(r, n, next);
         }
         Ok(httparse::Status::Partial) => return ReqHead::Partial,
@@ -401,7 +406,7 @@ fn parse_request_head(buf: &[u8], start: u64) -> ReqHead {
         lenient::Parse::Complete(h) => {
             let info = HeaderInfo::of(h.headers.iter().copied());
             let method = String::from_utf8_lossy(h.method).into_owned();
-            let (mut r, next) = request_from(method, path_of(h.target), start, h.len, &info);
+            let (mut r, next) = request_from(method, h.target, start, h.len, &info);
             // More headers than we parse strictly is legal HTTP; anything else is not.
             r.malformed |= err != httparse::Error::TooManyHeaders;
             ReqHead::Complete(r, h.len, next)
@@ -413,14 +418,15 @@ fn parse_request_head(buf: &[u8], start: u64) -> ReqHead {
 
 fn request_from(
     method: String,
-    path: String,
+    target: &[u8],
     start: u64,
     header_len: usize,
     info: &HeaderInfo<'_>,
 ) -> (Request, ReqState) {
     let mut r = Request {
+        hash: RequestHash::start(method.as_bytes(), target),
         method,
-        path,
+        path: path_of(target),
         start,
         bytes_in: header_len as u64,
         upgrade: info.upgrade(),
