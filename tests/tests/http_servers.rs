@@ -283,14 +283,25 @@ fn request_per_connection_clients() {
     assert_eq!(ports.len(), 30, "one connection per request");
 }
 
+/// Also: each record's egress is its response bytes at the rules' price, and two identical
+/// POSTs (the first and the last) share a `request_hash` that no other body has.
 #[test]
 fn openai_style_model_and_tokens_equal_what_the_client_got() {
     require_kernel!();
     let server = Server::python_sse();
-    let probe = Attach::start(server.proc.pid(), &[]);
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("egress.toml"),
+        "[network]\negress_usd_per_gb = 0.09\n",
+    )
+    .unwrap();
+    let probe = Attach::start(
+        server.proc.pid(),
+        &["--rules", rules.path().to_str().unwrap()],
+    );
     let mut client = Client::connect(server.port);
     let mut want = Vec::new();
-    for (stream, n) in [(true, 5), (false, 3), (true, 12), (false, 1)] {
+    for (stream, n) in [(true, 5), (false, 3), (true, 12), (false, 1), (true, 5)] {
         let body = format!(
             r#"{{"model":"demo-{n}","stream":{stream},"max_tokens":{n},"messages":[{{"role":"user","content":"hi there"}}]}}"#
         );
@@ -322,6 +333,22 @@ fn openai_style_model_and_tokens_equal_what_the_client_got() {
         })
         .collect();
     assert_eq!(got, want);
+    let requests = records.requests();
+    for r in &requests {
+        let (egress, out) = (
+            r["cost_usd"]["egress"].as_f64().unwrap(),
+            r["bytes"]["out"].as_u64().unwrap(),
+        );
+        let expected = out as f64 / 1e9 * 0.09;
+        assert!(out > 0 && (egress - expected).abs() <= expected * 1e-9, "{r}");
+        let parts = ["energy", "capacity", "egress"].map(|k| r["cost_usd"][k].as_f64().unwrap());
+        let total = r["cost_usd"]["total"].as_f64().unwrap();
+        assert!((parts.iter().sum::<f64>() - total).abs() <= total * 1e-9, "{r}");
+    }
+    let hash = |i: usize| requests[i]["request_hash"].as_str().unwrap().to_owned();
+    assert_eq!(hash(0), hash(4), "two identical POSTs");
+    let distinct: std::collections::BTreeSet<String> = (0..4).map(hash).collect();
+    assert_eq!(distinct.len(), 4, "different bodies hash apart");
 }
 
 #[test]
