@@ -29,7 +29,7 @@ impl Measurement for ThreadCpu {
         now()
     }
     fn end(&self, start: Duration) -> Duration {
-        now() - start
+        now().saturating_sub(start)
     }
     fn add(&self, a: &Duration, b: &Duration) -> Duration {
         *a + *b

@@ -175,6 +175,24 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// `energy_j` or `cost_usd`: its `total` (required) and `egress`, or `null`.
+    fn total_and_egress(&mut self) -> Option<Option<(f64, Option<f64>)>> {
+        let (mut total, mut egress) = (None, None);
+        let present = self.object_or_null(|s, k| {
+            match k {
+                b"total" => total = Some(s.opt_f64()??),
+                b"egress" => egress = s.opt_f64()?,
+                _ => s.skip()?,
+            }
+            Some(())
+        })?;
+        Some(if present {
+            Some((total?, egress))
+        } else {
+            None
+        })
+    }
+
     /// An object (`Some(true)`) or `null` (`Some(false)`).
     fn object_or_null(
         &mut self,
@@ -339,22 +357,11 @@ pub fn line(b: &[u8]) -> Option<Line<'_>> {
                 })?;
                 l.tokens = present.then_some(Tokens { prompt, completion });
             }
-            b"energy_j" | b"cost_usd" => {
-                let (mut total, mut egress) = (None, None);
-                let present = s.object_or_null(|s, k| {
-                    match k {
-                        b"total" => total = Some(s.opt_f64()??),
-                        b"egress" => egress = s.opt_f64()?,
-                        _ => s.skip()?,
-                    }
-                    Some(())
-                })?;
-                let got = if present { Some(total?) } else { None };
-                if k == b"energy_j" {
-                    l.energy_j = got.map(|total| Energy { total });
-                } else {
-                    l.cost_usd = got.map(|total| Cost { total, egress });
-                }
+            b"energy_j" => l.energy_j = s.total_and_egress()?.map(|(total, _)| Energy { total }),
+            b"cost_usd" => {
+                l.cost_usd = s
+                    .total_and_egress()?
+                    .map(|(total, egress)| Cost { total, egress });
             }
             _ => s.skip()?,
         }

@@ -379,6 +379,10 @@ fn path_of(target: &[u8]) -> String {
 }
 
 /// Outcome of parsing a request header block.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "matched at once where it is made; boxing would allocate once per request"
+)]
 enum ReqHead {
     /// The request, the bytes of its head, and the state after it.
     Complete(Request, usize, ReqState),
