@@ -15,6 +15,9 @@ use cost_probe::{
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+#[path = "common/cpu_clock.rs"]
+mod cpu_clock;
+
 fn fixture() -> Vec<OwnedEvent> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -104,7 +107,7 @@ fn run(events: &[OwnedEvent]) -> usize {
     finished + ledger.drain_all().count()
 }
 
-fn bench(c: &mut Criterion) {
+fn bench(c: &mut Criterion<cpu_clock::ThreadCpu>) {
     let events = workload(200, 100);
     let requests = run(&events);
     assert_eq!(requests, 200 * 100 * 10, "every recorded request comes out");
@@ -117,5 +120,9 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(cpu_clock::ThreadCpu);
+    targets = bench
+}
 criterion_main!(benches);
