@@ -340,10 +340,16 @@ fn openai_style_model_and_tokens_equal_what_the_client_got() {
             r["bytes"]["out"].as_u64().unwrap(),
         );
         let expected = out as f64 / 1e9 * 0.09;
-        assert!(out > 0 && (egress - expected).abs() <= expected * 1e-9, "{r}");
+        assert!(
+            out > 0 && (egress - expected).abs() <= expected * 1e-9,
+            "{r}"
+        );
         let parts = ["energy", "capacity", "egress"].map(|k| r["cost_usd"][k].as_f64().unwrap());
         let total = r["cost_usd"]["total"].as_f64().unwrap();
-        assert!((parts.iter().sum::<f64>() - total).abs() <= total * 1e-9, "{r}");
+        assert!(
+            (parts.iter().sum::<f64>() - total).abs() <= total * 1e-9,
+            "{r}"
+        );
     }
     let hash = |i: usize| requests[i]["request_hash"].as_str().unwrap().to_owned();
     assert_eq!(hash(0), hash(4), "two identical POSTs");
