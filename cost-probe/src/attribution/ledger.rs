@@ -1,9 +1,7 @@
 //! The streaming attribution engine.
 
-// Span ids are our own counter: a fast non-DoS-resistant hash is fine.
-use rustc_hash::FxHashMap as HashMap;
-
 use super::idle::IdleLearner;
+use super::ids::IdMap;
 use super::share::{Item, Phase, Sharer, exact_split};
 use super::work::{self, PrefillRates, SpanFacts, SplitMethod, WorkHints};
 use super::{
@@ -96,7 +94,7 @@ pub struct Ledger {
     cfg: LedgerConfig,
     /// Dense so the per-interval scan is a linear walk; `index` maps ids to slots.
     spans: Vec<Span>,
-    index: HashMap<u64, usize>,
+    index: IdMap<usize>,
     open: usize,
     domains: Vec<DomainState>,
     token_sum: u128,
@@ -124,7 +122,7 @@ impl Ledger {
         Self {
             cfg,
             spans: Vec::new(),
-            index: HashMap::default(),
+            index: IdMap::default(),
             open: 0,
             domains: Vec::new(),
             token_sum: 0,

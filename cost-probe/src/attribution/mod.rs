@@ -51,6 +51,7 @@
 //! before any), and the request is flagged `token_weight_estimated`.
 
 mod idle;
+mod ids;
 mod ledger;
 #[cfg(test)]
 mod queue_tests;
@@ -61,6 +62,7 @@ mod work;
 
 use serde::Serialize;
 
+pub use self::ids::IdMap;
 pub use self::ledger::{Audit, Ledger, LedgerCounters, MAX_HOLD};
 pub use self::work::{ServerWork, SplitMethod, WorkHints};
 use crate::units::{MicroJoules, Nanos};
