@@ -356,8 +356,19 @@ impl Conn {
                     }
                     Seg::Bytes(b) => {
                         let old = resp.buf.len();
-                        resp.buf.extend_from_slice(b);
-                        match http::parse_response_head(&resp.buf, head_req) {
+                        // A head that starts in this segment is parsed in place: copied only
+                        // when it continues in a later write.
+                        let parsed = if old == 0 {
+                            let h = http::parse_response_head(b, head_req);
+                            if !matches!(h, HeadParse::Complete(_)) {
+                                resp.buf.extend_from_slice(b);
+                            }
+                            h
+                        } else {
+                            resp.buf.extend_from_slice(b);
+                            http::parse_response_head(&resp.buf, head_req)
+                        };
+                        match parsed {
                             HeadParse::Partial => {
                                 resp.bytes_out += b.len() as u64;
                                 return;

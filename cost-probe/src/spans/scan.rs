@@ -49,6 +49,62 @@ static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
     eval_duration: Finder::new(b"\"eval_duration\""),
 });
 
+/// Which scanners could find something in some bytes. Every key they look for ends with a
+/// quote, so one pass over the quotes tells; a write with none of them (a static file, a
+/// response head whose only quotes are an `ETag`) skips the searches, which cost more than the
+/// pass when repeated for every key over every write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    /// `_tokens"` or `eval_count"` (the gates of [`usage`]).
+    pub usage: bool,
+    /// `"timings"` or `eval_duration"` (what [`timings`] needs).
+    pub timings: bool,
+    /// `"model"`.
+    pub model: bool,
+}
+
+impl Keys {
+    /// Every scanner may find something (bytes not looked at).
+    pub const ALL: Self = Self {
+        usage: true,
+        timings: true,
+        model: true,
+    };
+
+    #[must_use]
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut k = Self::default();
+        for i in memchr::memchr_iter(b'"', bytes) {
+            let b = &bytes[..=i];
+            // The byte before the quote picks the keys that can end here.
+            match i.checked_sub(1).map(|j| bytes[j]) {
+                Some(b's') => {
+                    k.usage |= b.ends_with(b"_tokens\"");
+                    k.timings |= b.ends_with(b"\"timings\"");
+                }
+                Some(b't') => k.usage |= b.ends_with(b"eval_count\""),
+                Some(b'n') => k.timings |= b.ends_with(b"eval_duration\""),
+                Some(b'l') => k.model |= b.ends_with(b"\"model\""),
+                _ => {}
+            }
+            if k == Self::ALL {
+                break;
+            }
+        }
+        k
+    }
+
+    /// Either's keys (bytes scanned in two pieces).
+    #[must_use]
+    pub fn or(self, other: Self) -> Self {
+        Self {
+            usage: self.usage || other.usage,
+            timings: self.timings || other.timings,
+            model: self.model || other.model,
+        }
+    }
+}
+
 /// Token counts reported by the server.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -312,6 +368,65 @@ mod tests {
         // A `prompt_n` outside the object is not the object's.
         let t = timings(br#"{"prompt_n":9,"timings":{"predicted_n":4}}"#).unwrap();
         assert_eq!((t.prompt_n, t.predicted_n), (None, Some(4)));
+    }
+
+    proptest::proptest! {
+        /// The quote pass may only skip a scanner that would have found nothing: bytes built
+        /// from key fragments, quotes, colons, digits and noise, cut anywhere.
+        #[test]
+        fn keys_never_hide_what_a_scanner_finds(
+            parts in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(&b"\"prompt_tokens\""[..]),
+                proptest::strategy::Just(&b"\"completion_tokens\""[..]),
+                proptest::strategy::Just(&b"\"eval_count\""[..]),
+                proptest::strategy::Just(&b"\"prompt_eval_count\""[..]),
+                proptest::strategy::Just(&b"\"timings\""[..]),
+                proptest::strategy::Just(&b"\"eval_duration\""[..]),
+                proptest::strategy::Just(&b"\"prompt_eval_duration\""[..]),
+                proptest::strategy::Just(&b"\"prompt_n\""[..]),
+                proptest::strategy::Just(&b"\"predicted_ms\""[..]),
+                proptest::strategy::Just(&b"\"model\""[..]),
+                proptest::strategy::Just(&b"\"llama\""[..]),
+                proptest::strategy::Just(&b":"[..]),
+                proptest::strategy::Just(&b" "[..]),
+                proptest::strategy::Just(&b"12"[..]),
+                proptest::strategy::Just(&b"3.5,"[..]),
+                proptest::strategy::Just(&b"{"[..]),
+                proptest::strategy::Just(&b"}"[..]),
+                proptest::strategy::Just(&b"\""[..]),
+                proptest::strategy::Just(&b"tokens"[..]),
+            ], 0..24),
+            cut in 0usize..4,
+        ) {
+            let mut b: Vec<u8> = parts.concat();
+            // Cut a few bytes off either end, so keys are split too.
+            let n = b.len();
+            b.truncate(n.saturating_sub(cut));
+            let b = &b[cut.min(b.len())..];
+            let k = Keys::of(b);
+            if !k.usage {
+                proptest::prop_assert_eq!(usage(b), Usage::default());
+            }
+            if !k.timings {
+                proptest::prop_assert_eq!(timings(b), None);
+            }
+            if !k.model {
+                proptest::prop_assert_eq!(model(b), None);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_see_each_key_and_skip_a_plain_response_head() {
+        let head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nETag: \"6745f0c1-2\"\r\nContent-Length: 2\r\n\r\nok";
+        assert_eq!(Keys::of(head), Keys::default());
+        assert!(Keys::of(br#"{"usage":{"prompt_tokens":3"#).usage);
+        assert!(Keys::of(br#"{"eval_count":3"#).usage);
+        assert!(Keys::of(br#""timings":{"#).timings);
+        assert!(Keys::of(br#""prompt_eval_duration":1"#).timings);
+        assert!(Keys::of(br#"{"model":"x"}"#).model);
+        // A key cut at the quote is not the key.
+        assert_eq!(Keys::of(br#"{"model"#), Keys::default());
     }
 
     #[test]

@@ -148,11 +148,17 @@ impl Response {
     }
 
     fn read(&mut self, bytes: &[u8]) {
-        self.usage.merge(scan::usage(bytes));
-        if let Some(t) = scan::timings(bytes) {
+        // One pass over the quotes first: most writes carry none of the keys scanned for.
+        let keys = scan::Keys::of(bytes);
+        if keys.usage {
+            self.usage.merge(scan::usage(bytes));
+        }
+        if keys.timings
+            && let Some(t) = scan::timings(bytes)
+        {
             self.timings.get_or_insert_default().merge(t);
         }
-        if self.model.is_none() {
+        if keys.model && self.model.is_none() {
             self.model = scan::model(bytes);
         }
     }
