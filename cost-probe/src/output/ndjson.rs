@@ -1,7 +1,7 @@
 //! The NDJSON sink: one JSON object per record per line, to stdout, a file or a unix socket.
 use std::{
     fs::OpenOptions,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
 };
 
 use super::{
@@ -12,13 +12,21 @@ use super::{
 /// Records as JSON lines. A closed reader (`| head`) marks the sink closed instead of failing.
 /// Any other write error names the output, and fails the sink: it is returned once, and the
 /// sink writes nothing more (the run ends on it; the summary cannot be written there either).
+///
+/// Lines are serialized straight into one reused buffer, written out when it passes [`BATCH`]
+/// and at every flush (the consumer loop flushes after each pass, so a record waits at most
+/// one pass, about 10 ms, after its interval is attributed).
 pub struct NdjsonSink {
     target: OutputTarget,
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: Box<dyn Write + Send>,
     closed: bool,
     failed: bool,
-    line: Vec<u8>,
+    buf: Vec<u8>,
 }
+
+/// Bytes of lines buffered before a write: the records of one 100 ms interval at ~3,000
+/// requests/s in one `write(2)`.
+const BATCH: usize = 256 * 1024;
 
 fn open(target: &OutputTarget) -> io::Result<Box<dyn Write + Send>> {
     Ok(match target {
@@ -46,19 +54,31 @@ impl NdjsonSink {
 
     fn with_writer(target: OutputTarget, out: Box<dyn Write + Send>) -> Self {
         Self {
-            out: BufWriter::with_capacity(64 * 1024, out),
+            out,
             target,
             closed: false,
             failed: false,
-            line: Vec::with_capacity(1024),
+            buf: Vec::with_capacity(BATCH + 4096),
         }
     }
 
     fn body<T: Body>(&mut self, body: &T) -> io::Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, &Envelope::new(body))?;
-        self.line.push(b'\n');
-        let r = self.out.write_all(&self.line);
+        let at = self.buf.len();
+        if let Err(e) = serde_json::to_writer(&mut self.buf, &Envelope::new(body)) {
+            // No half line: what was buffered before stays whole.
+            self.buf.truncate(at);
+            return Err(e.into());
+        }
+        self.buf.push(b'\n');
+        self.write_if_full()
+    }
+
+    fn write_if_full(&mut self) -> io::Result<()> {
+        if self.buf.len() < BATCH {
+            return Ok(());
+        }
+        let r = self.out.write_all(&self.buf);
+        self.buf.clear();
         self.check(r)
     }
 
@@ -92,11 +112,9 @@ impl Sink for NdjsonSink {
         match *record {
             // The hot path: written without serde's generic machinery (see `json`).
             Record::Request { record, .. } => {
-                self.line.clear();
-                record.write_json(&mut self.line);
-                self.line.push(b'\n');
-                let r = self.out.write_all(&self.line);
-                self.check(r)
+                record.write_json(&mut self.buf);
+                self.buf.push(b'\n');
+                self.write_if_full()
             }
             Record::Interval { record, .. } => self.body(record),
             Record::Lost(r) => self.body(r),
@@ -109,7 +127,11 @@ impl Sink for NdjsonSink {
         if self.closed || self.failed {
             return Ok(());
         }
-        let r = self.out.flush();
+        let r = self
+            .out
+            .write_all(&self.buf)
+            .and_then(|()| self.out.flush());
+        self.buf.clear();
         self.check(r)
     }
 
@@ -121,7 +143,7 @@ impl Sink for NdjsonSink {
     fn reopen(&mut self) -> io::Result<()> {
         if matches!(self.target, OutputTarget::File(_)) {
             self.flush()?;
-            self.out = BufWriter::with_capacity(64 * 1024, open(&self.target)?);
+            self.out = open(&self.target)?;
             self.failed = false;
         }
         Ok(())
