@@ -11,7 +11,9 @@ use cost_probe::{
     attribution::{EnergyJoules, SplitMethod},
     output::{
         SecondCache, WallClock,
-        records::{Attribution, Bytes, Conn, Envelope, FlagList, Http, RequestRecord, Tokens},
+        records::{
+            Attribution, Bytes, Conn, Envelope, FlagList, Http, RequestHash, RequestRecord, Tokens,
+        },
     },
     pricing::CostUsd,
     spans::Protocol,
@@ -43,6 +45,8 @@ struct Input {
     flags: u16,
     /// Last, so the committed corpus keeps its meaning for the fields before it.
     attribution: Option<(u8, [Option<f64>; 4])>,
+    egress: f64,
+    request_hash: Option<u64>,
 }
 
 const FLAGS: [&str; 8] = [
@@ -97,8 +101,10 @@ fuzz_target!(|i: Input| {
         cost_usd: i.cost.map(|[energy, capacity, total]| CostUsd {
             energy,
             capacity,
+            egress: i.egress,
             total,
         }),
+        request_hash: i.request_hash.map(RequestHash),
         attribution: i
             .attribution
             .map(
