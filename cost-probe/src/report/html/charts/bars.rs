@@ -7,7 +7,7 @@ use plotters::{
     prelude::*,
 };
 
-use super::{Area, Drawn, FONT, GRID, PALETTE, empty, label};
+use super::{Area, Drawn, FONT, GRID, PALETTE, empty, label, legend};
 use crate::report::{Report, render::sig3, views::Views};
 
 const MAX_BARS: usize = 10;
@@ -156,13 +156,7 @@ pub(super) fn budget(area: &Area, title: &str, r: &Report) -> Drawn {
         .light_line_style(GRID)
         .draw()?;
     marks(&mut chart, &rows, fraction)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(200, 200, 200))
-        .label_font((FONT, 12))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
 

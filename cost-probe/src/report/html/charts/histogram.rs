@@ -2,7 +2,7 @@
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
-use super::{Area, Drawn, FONT, GRID, PALETTE, empty};
+use super::{Area, Drawn, FONT, GRID, PALETTE, empty, legend};
 use crate::report::render::sig3;
 
 const HIST_BINS: usize = 30;
@@ -85,13 +85,7 @@ pub(super) fn distribution(
             .label(format!("{name} {}", sig3(x)))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(200, 200, 200))
-        .label_font((FONT, 12))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
 
