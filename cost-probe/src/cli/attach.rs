@@ -88,19 +88,25 @@ impl AttachArgs {
     }
 }
 
-pub async fn run(args: AttachArgs) -> Result<(), RuntimeError> {
+/// The flag a traced run stops on: SIGINT, SIGTERM, SIGHUP, or `duration` elapsed.
+pub(super) fn stop_flag(duration: Option<Duration>) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     super::stop_on_signals(&stop);
     // A hangup (the terminal closed, an ssh session dropped) ends the run as SIGINT does:
     // flushed, with its summary. Without a handler it killed the process (exit 129).
     crate::runtime::on_signals(&[(tokio::signal::unix::SignalKind::hangup(), stop.clone())]);
-    if let Some(d) = args.duration {
+    if let Some(d) = duration {
         let stop = stop.clone();
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
             stop.store(true, Ordering::Relaxed);
         });
     }
+    stop
+}
+
+pub async fn run(args: AttachArgs) -> Result<(), RuntimeError> {
+    let stop = stop_flag(args.duration);
     let config = args.config()?;
     super::blocking(move || attach::run(&config, &stop, None)).await
 }

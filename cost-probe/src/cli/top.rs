@@ -1,16 +1,10 @@
 //! `cost-probe top --pid PID`: attach, and show what each group costs now, live.
-use std::{
-    io::IsTerminal,
-    path::PathBuf,
-    process::ExitCode,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
-use super::{EXIT_CANNOT_START, attach::parse_duration};
+use super::{
+    EXIT_CANNOT_START,
+    attach::{parse_duration, stop_flag},
+};
 use crate::{
     host::ProcFs,
     output::{OutputTarget, otlp::OtlpEndpoint},
@@ -88,16 +82,7 @@ pub async fn run(args: TopArgs) -> ExitCode {
         eprintln!("cost-probe: top draws on stdout; --output needs a file or unix:SOCKET");
         return ExitCode::from(EXIT_CANNOT_START);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    super::stop_on_signals(&stop);
-    crate::runtime::on_signals(&[(tokio::signal::unix::SignalKind::hangup(), stop.clone())]);
-    if let Some(d) = args.duration {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    let stop = stop_flag(args.duration);
     let config = match args.config() {
         Ok(c) => c,
         Err(e) => return super::exit_code(Err(e)),
