@@ -19,9 +19,8 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct AttachArgs {
-    /// Process to trace; its descendants (now and later) are traced too.
-    #[arg(long)]
-    pub pid: u32,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Stop after this many seconds, fractions allowed, at most a year (31536000)
     /// (default: until SIGINT, SIGTERM or SIGHUP, or the target exits).
     #[arg(long, value_name = "SECONDS", value_parser = parse_duration, allow_negative_numbers = true)]
@@ -29,6 +28,14 @@ pub struct AttachArgs {
     /// Where records go: a file path, or - for stdout.
     #[arg(long, default_value = "-")]
     pub output: OutputTarget,
+}
+
+/// What to trace and how: shared by `attach` and `top`.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// Process to trace; its descendants (now and later) are traced too.
+    #[arg(long)]
+    pub pid: u32,
     /// Also write every raw kernel event as JSON lines here (for fixtures and bug reports;
     /// contains payload bytes, so treat it as sensitive).
     #[arg(long, hide = true)]
@@ -44,6 +51,23 @@ pub struct AttachArgs {
     /// Energy sampling interval in milliseconds (NVML's energy counter updates every ~100 ms).
     #[arg(long = "interval", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub interval_ms: u64,
+}
+
+impl TargetArgs {
+    /// The attach configuration with records going to `output`.
+    pub(super) fn config(self, output: OutputTarget) -> Result<AttachConfig, RuntimeError> {
+        Ok(AttachConfig {
+            session: SessionConfig {
+                rules: super::rules(self.rules.as_deref())?,
+                output,
+                interval: Duration::from_millis(self.interval_ms),
+                proc: ProcFs::default(),
+                otlp: super::otlp(self.otlp_endpoint.as_ref())?,
+            },
+            pid: self.pid,
+            record: self.record,
+        })
+    }
 }
 
 /// The longest `--duration`: a year. Anything longer is a typo, and `Duration` (and tokio's
@@ -72,22 +96,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("at most {max} seconds (a year)"))
 }
 
-impl AttachArgs {
-    fn config(self) -> Result<AttachConfig, RuntimeError> {
-        Ok(AttachConfig {
-            session: SessionConfig {
-                rules: super::rules(self.rules.as_deref())?,
-                output: self.output,
-                interval: Duration::from_millis(self.interval_ms),
-                proc: ProcFs::default(),
-                otlp: super::otlp(self.otlp_endpoint.as_ref())?,
-            },
-            pid: self.pid,
-            record: self.record,
-        })
-    }
-}
-
 /// The flag a traced run stops on: SIGINT, SIGTERM, SIGHUP, or `duration` elapsed.
 pub(super) fn stop_flag(duration: Option<Duration>) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -107,7 +115,7 @@ pub(super) fn stop_flag(duration: Option<Duration>) -> Arc<AtomicBool> {
 
 pub async fn run(args: AttachArgs) -> Result<(), RuntimeError> {
     let stop = stop_flag(args.duration);
-    let config = args.config()?;
+    let config = args.target.config(args.output)?;
     super::blocking(move || attach::run(&config, &stop, None)).await
 }
 

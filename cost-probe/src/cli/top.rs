@@ -1,27 +1,24 @@
 //! `cost-probe top --pid PID`: attach, and show what each group costs now, live.
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
 use super::{
     EXIT_CANNOT_START,
-    attach::{parse_duration, stop_flag},
+    attach::{TargetArgs, parse_duration, stop_flag},
 };
 use crate::{
-    host::ProcFs,
-    output::{OutputTarget, otlp::OtlpEndpoint},
+    output::OutputTarget,
     pricing::Prices,
     report::GroupKey,
     runtime::{
-        RuntimeError, SessionConfig,
-        attach::AttachConfig,
+        RuntimeError,
         top::{self, TopConfig},
     },
 };
 
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
-    /// Process to trace; its descendants (now and later) are traced too.
-    #[arg(long)]
-    pub pid: u32,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Group by these, comma-separated, as `report --by`: `model`, `path`, `comm`, `method`,
     /// `status`, or any tag.
     #[arg(long, value_delimiter = ',', default_value = "model")]
@@ -34,36 +31,16 @@ pub struct TopArgs {
     /// the view's). Without it, records go nowhere but the view, and the summary to stdout.
     #[arg(long)]
     pub output: Option<OutputTarget>,
-    /// Every raw kernel event as JSON lines here (fixtures, bug reports).
-    #[arg(long, hide = true)]
-    pub record: Option<PathBuf>,
-    /// Rules directory (prices, PUE, carbon, tags); built-in defaults when absent.
-    #[arg(long)]
-    pub rules: Option<PathBuf>,
-    /// Export spans and metrics over OTLP/HTTP to this collector base URL (see `attach`).
-    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<OtlpEndpoint>,
-    /// Energy sampling interval in milliseconds.
-    #[arg(long = "interval", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
-    pub interval_ms: u64,
 }
 
 impl TopArgs {
     fn config(self) -> Result<TopConfig, RuntimeError> {
-        let rules = super::rules(self.rules.as_deref())?;
-        let prices = Prices::from_rules(&rules, None);
+        let attach = self
+            .target
+            .config(self.output.unwrap_or(OutputTarget::Discard))?;
+        let prices = Prices::from_rules(&attach.session.rules, None);
         Ok(TopConfig {
-            attach: AttachConfig {
-                session: SessionConfig {
-                    rules,
-                    output: self.output.unwrap_or(OutputTarget::Discard),
-                    interval: Duration::from_millis(self.interval_ms),
-                    proc: ProcFs::default(),
-                    otlp: super::otlp(self.otlp_endpoint.as_ref())?,
-                },
-                pid: self.pid,
-                record: self.record,
-            },
+            attach,
             by: self.by,
             prices,
         })
