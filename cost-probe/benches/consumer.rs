@@ -1,0 +1,213 @@
+//! The whole consumer thread per request, as `attach` runs it, on a tiny-request load: ring
+//! events → spans → meter (energy, ledger) → pricing, tags → NDJSON (to /dev/null, so the
+//! `write(2)` calls are counted but no disk) and the summary.
+//!
+//! `cargo xtask bench overhead` measures the same thing against a real nginx, but its figure
+//! moves with everything else on the VM (±10 % between rounds); this one counts only the
+//! thread's own CPU time, so a change to the hot path can be judged by it before the end-to-end
+//! run.
+//!
+//! Input: `tests/fixtures/nginx_keepalive.ndjson` (200 requests on 4 keep-alive connections,
+//! recorded from nginx) replayed on 64 connections as fast as the consumer takes them, stamped
+//! with the monotonic clock, with energy sampled every 100 ms from a steady 100 W domain. One
+//! iteration is 3,200 requests; throughput is requests per second of the thread's CPU.
+use std::{hint::black_box, time::Duration};
+
+use cost_probe::{
+    energy::{
+        Domain, DomainClass, DomainIdx, EnergySource, Reading, ReadingFlags, Roots, SourceKind,
+        TickCtx,
+        sampler::{SamplerBuilder, SamplerConfig},
+    },
+    host::{ProcFs, Processes},
+    output::{OutputTarget, Outputs, ndjson::NdjsonSink},
+    probe::OwnedEvent,
+    rules::Rules,
+    runtime::{Tracer, meter::Meter},
+    units::{MicroJoules, Nanos, monotonic_now},
+};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+#[path = "common/cpu_clock.rs"]
+mod cpu_clock;
+
+const CONNS: i32 = 64;
+const INTERVAL: Duration = Duration::from_millis(100);
+
+fn fixture() -> Vec<OwnedEvent> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/nginx_keepalive.ndjson"
+    );
+    std::fs::read_to_string(path)
+        .expect("fixture")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("fixture line"))
+        .collect()
+}
+
+/// The requests of the fixture's connections, spread over `CONNS` connections: data events
+/// only (the connections are accepted once, before the measurement), in recorded order.
+fn workload() -> (Vec<OwnedEvent>, Vec<OwnedEvent>) {
+    let base = fixture();
+    let (mut accepts, mut data) = (Vec::new(), Vec::new());
+    for copy in 0..CONNS / 4 {
+        for e in &base {
+            let mut e = e.clone();
+            match &mut e {
+                OwnedEvent::Accept { conn, .. } => {
+                    conn.fd += copy * 16;
+                    conn.id += copy as u64;
+                    accepts.push(e);
+                }
+                OwnedEvent::Data { conn, .. } => {
+                    conn.fd += copy * 16;
+                    conn.id += copy as u64;
+                    data.push(e);
+                }
+                _ => {}
+            }
+        }
+    }
+    (accepts, data)
+}
+
+fn set_ts(e: &mut OwnedEvent, t: u64) {
+    match e {
+        OwnedEvent::Accept { ts, .. }
+        | OwnedEvent::Data { ts, .. }
+        | OwnedEvent::Close { ts, .. }
+        | OwnedEvent::ProcExit { ts, .. }
+        | OwnedEvent::Exec { ts, .. } => *ts = t,
+    }
+}
+
+/// A steady 100 W GPU-like domain (1 µJ per 10 ns of event time).
+struct Steady {
+    domains: Vec<Domain>,
+    total: u64,
+    last: Option<Nanos>,
+}
+
+impl EnergySource for Steady {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Nvml
+    }
+    fn domains(&self) -> &[Domain] {
+        &self.domains
+    }
+    fn sample(&mut self, ctx: &TickCtx<'_>, out: &mut Vec<Reading>) {
+        let delta = self.last.map_or(0, |l| (ctx.now.0 - l.0) / 10);
+        self.last = Some(ctx.now);
+        self.total += delta;
+        out.push(Reading {
+            domain: DomainIdx(0),
+            at: ctx.now,
+            total: MicroJoules(self.total),
+            delta: MicroJoules(delta),
+            flags: ReadingFlags::default(),
+        });
+    }
+}
+
+struct Replay {
+    tracer: Tracer,
+    data: Vec<OwnedEvent>,
+    now: u64,
+}
+
+impl Replay {
+    fn new() -> Self {
+        let rules = Rules::builtin().expect("built-in rules");
+        let none = std::path::PathBuf::from("/nonexistent");
+        let sampler = SamplerBuilder::new(Roots {
+            proc: none.clone(),
+            powercap: none.clone(),
+            event_source: none.clone(),
+            nvml_lib: None,
+        })
+        .without_nvml()
+        .config(SamplerConfig {
+            interval: INTERVAL,
+            ..SamplerConfig::default()
+        })
+        .source(Box::new(Steady {
+            domains: vec![Domain {
+                id: "gpu:0".into(),
+                class: DomainClass::Gpu,
+                source: SourceKind::Nvml,
+                label: "bench GPU".into(),
+                flags: ReadingFlags::default(),
+                note: None,
+            }],
+            total: 0,
+            last: None,
+        }))
+        .build();
+        let meter = Meter::with_sampler(&rules, INTERVAL, sampler);
+        // COST_PROBE_BENCH_RECORDS=FILE keeps the records, to check what the bench produces.
+        let out = std::env::var_os("COST_PROBE_BENCH_RECORDS")
+            .map_or_else(|| "/dev/null".into(), Into::into);
+        let sink = NdjsonSink::new(OutputTarget::File(out)).expect("opening the output");
+        let outputs = Outputs::new(&rules, vec![Box::new(sink)], false);
+        let mut tracer = Tracer::new(
+            &rules,
+            meter,
+            Processes::new(ProcFs::new(&none)),
+            outputs,
+            None,
+        );
+        let (accepts, data) = workload();
+        let now = monotonic_now().0;
+        tracer.baseline(now);
+        for mut e in accepts {
+            set_ts(&mut e, now);
+            tracer.on_event(&e.borrowed());
+        }
+        Self { tracer, data, now }
+    }
+
+    /// One pass over the workload, as the consumer loop runs it: a drain of up to 256 events,
+    /// then the span hand-off and a tick (which samples when an interval is due). Events are
+    /// stamped with the monotonic clock the kernel's would read (the sampler reads it too),
+    /// spread evenly since the previous drain.
+    fn pass(&mut self) {
+        for chunk in self.data.chunks_mut(256) {
+            let (from, to) = (self.now, monotonic_now().0);
+            let n = chunk.len() as u64;
+            for (i, e) in (1..).zip(chunk.iter_mut()) {
+                self.now = from + (to - from) * i / n;
+                set_ts(e, self.now);
+                self.tracer.on_event(&e.borrowed());
+            }
+            self.tracer.emit();
+            self.tracer.tick(self.now).expect("writing to /dev/null");
+        }
+        self.tracer.flush().expect("writing to /dev/null");
+    }
+}
+
+fn bench(c: &mut Criterion<cpu_clock::ThreadCpu>) {
+    let mut replay = Replay::new();
+    let requests = replay.data.len() as u64 / 2;
+    // Warm up past the first intervals (the ledger's learning, the first releases).
+    for _ in 0..20 {
+        replay.pass();
+    }
+    let mut g = c.benchmark_group("consumer");
+    g.throughput(Throughput::Elements(requests));
+    g.sample_size(20);
+    g.bench_function("nginx tiny requests (spans+meter+records)", |b| {
+        b.iter(|| replay.pass());
+    });
+    g.finish();
+    black_box(&replay.tracer);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(cpu_clock::ThreadCpu);
+    targets = bench
+}
+criterion_main!(benches);
