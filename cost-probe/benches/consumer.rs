@@ -30,21 +30,14 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 #[path = "common/cpu_clock.rs"]
 mod cpu_clock;
+#[path = "common/fixture.rs"]
+mod fixture;
 
 const CONNS: i32 = 64;
 const INTERVAL: Duration = Duration::from_millis(100);
 
 fn fixture() -> Vec<OwnedEvent> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/nginx_keepalive.ndjson"
-    );
-    std::fs::read_to_string(path)
-        .expect("fixture")
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("fixture line"))
-        .collect()
+    fixture::events("nginx_keepalive.ndjson")
 }
 
 /// The requests of the fixture's connections, spread over `CONNS` connections: data events

@@ -17,18 +17,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 #[path = "common/cpu_clock.rs"]
 mod cpu_clock;
+#[path = "common/fixture.rs"]
+mod fixture;
 
 fn fixture() -> Vec<OwnedEvent> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/python_asyncio_mixed.ndjson"
-    );
-    std::fs::read_to_string(path)
-        .expect("fixture")
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("fixture line"))
-        .collect()
+    fixture::events("python_asyncio_mixed.ndjson")
 }
 
 /// The fixture replayed `copies` times side by side, each copy on its own connections, sorted
