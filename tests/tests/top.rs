@@ -17,7 +17,10 @@ struct Tmux {
 impl Tmux {
     /// `None` when tmux is not installed (a skip outside CI).
     fn start(command: &str) -> Option<Self> {
-        let socket = format!("cost-probe-top-{}", std::process::id());
+        // One tmux server per session, so tests running side by side do not share one.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("cost-probe-top-{}-{n}", std::process::id());
         let t = Self { socket };
         let out = Command::new("tmux")
             .args(["-L", &t.socket, "-f", "/dev/null"])

@@ -106,9 +106,8 @@ pub fn run(config: &TopConfig, stop: &Arc<AtomicBool>) -> Result<(), RuntimeErro
     let result = runner
         .join()
         .unwrap_or_else(|_| Err(RuntimeError::Run("the run's thread panicked".into())));
-    if let Some(c) = captured {
-        c.finish();
-    }
+    // Puts stderr back and writes what was captured.
+    drop(captured);
     if let Err(e) = shown {
         eprintln!("cost-probe: the view failed: {e}");
     }
@@ -206,11 +205,12 @@ fn show(
     result
 }
 
-/// stderr, sent to a pipe while the view is up.
+/// stderr, sent to a pipe while the view is up. Dropping it (also while unwinding from a panic
+/// in the view, whose message went into the pipe) puts stderr back and writes what was captured.
 struct Captured {
     saved: OwnedFd,
     lines: Arc<Mutex<Vec<String>>>,
-    reader: std::thread::JoinHandle<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Captured {
@@ -244,7 +244,7 @@ impl Captured {
         Some(Self {
             saved,
             lines,
-            reader,
+            reader: Some(reader),
         })
     }
 
@@ -255,13 +255,16 @@ impl Captured {
             .last()
             .cloned()
     }
+}
 
-    /// Puts stderr back and writes what was captured to it.
-    fn finish(self) {
+impl Drop for Captured {
+    fn drop(&mut self) {
         let _ = std::io::stderr().flush();
         // SAFETY: as in `start`; closing the pipe's last write end ends the reader thread.
         unsafe { libc::dup2(self.saved.as_raw_fd(), 2) };
-        let _ = self.reader.join();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
         let lines = self
             .lines
             .lock()
@@ -270,5 +273,36 @@ impl Captured {
         for l in lines.iter() {
             let _ = writeln!(err, "{l}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Seek as _};
+
+    use super::*;
+
+    /// Regression: a panic in the view wrote its message into the capture pipe, and unwinding
+    /// skipped the replay, so the user saw a restored terminal and no reason.
+    #[test]
+    fn what_stderr_got_before_a_panic_in_the_view_is_written_out_while_unwinding() {
+        let mut file = tempfile::tempfile().unwrap();
+        let saved = std::io::stderr().as_fd().try_clone_to_owned().unwrap();
+        // SAFETY: fd 2 pointed at a file this test owns, then put back below.
+        assert!(unsafe { libc::dup2(file.as_raw_fd(), 2) } >= 0);
+        let unwound = std::panic::catch_unwind(|| {
+            let _captured = Captured::start().expect("capturing stderr");
+            let mut err = std::io::stderr();
+            let _ = err.write_all(b"cost-probe: view: boom\n");
+            let _ = err.flush();
+            panic!("the view failed");
+        });
+        // SAFETY: as above.
+        unsafe { libc::dup2(saved.as_raw_fd(), 2) };
+        assert!(unwound.is_err());
+        let mut got = String::new();
+        file.rewind().unwrap();
+        file.read_to_string(&mut got).unwrap();
+        assert!(got.contains("cost-probe: view: boom"), "stderr got {got:?}");
     }
 }
