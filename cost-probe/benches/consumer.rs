@@ -76,7 +76,7 @@ fn set_ts(e: &mut OwnedEvent, t: u64) {
     }
 }
 
-/// A steady 100 W GPU-like domain (1 µJ per 10 ns of event time).
+/// A steady 100 W GPU-like domain (1 µJ per 10 ns between samples).
 struct Steady {
     domains: Vec<Domain>,
     total: u64,
