@@ -398,11 +398,10 @@ pub fn object_string<'a>(obj: &'a str, key: &str) -> Option<Cow<'a, str>> {
 mod tests {
     use super::*;
 
-    /// The fields, with floats to 12 digits: `serde_json`'s default float parser is not
-    /// correctly rounded (its `float_roundtrip` feature is off), std's `parse` is, so the two can
-    /// differ in the last bit.
+    /// The fields, floats to the bit: std's `parse` and `serde_json` with `float_roundtrip` (the
+    /// workspace turns it on) are both correctly rounded.
     fn fields(l: &Line) -> String {
-        let f = |x: Option<f64>| x.map(|v| format!("{v:.12e}"));
+        let f = |x: Option<f64>| x.map(f64::to_bits);
         format!(
             "{:?}",
             (
