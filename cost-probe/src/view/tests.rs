@@ -166,6 +166,24 @@ fn usd_has_three_significant_figures_and_no_exponent() {
     assert_eq!(draw::usd(1234.6), "1235");
 }
 
+/// The view drawn on a 120 × 24 terminal at `now` (unix ns), line by line.
+fn screen(l: &Live, now: i64) -> Vec<String> {
+    let mut term = Terminal::new(TestBackend::new(120, 24)).unwrap();
+    let ctx = draw::Context {
+        title: "cost-probe top: pid 1 (srv)".into(),
+        message: Some("cost-probe: hello".into()),
+    };
+    term.draw(|f| draw::draw(f, l, &ctx, now)).unwrap();
+    let buf = term.backend().buffer();
+    (0..buf.area.height)
+        .map(|y| {
+            (0..buf.area.width)
+                .map(|x| buf[(x, y)].symbol())
+                .collect::<String>()
+        })
+        .collect()
+}
+
 #[test]
 fn draw_shows_header_rows_in_flight_and_sparkline() {
     let mut l = live("model", T0);
@@ -183,21 +201,7 @@ fn draw_shows_header_rows_in_flight_and_sparkline() {
             tags: BTreeMap::new(),
         }],
     );
-    let mut term = Terminal::new(TestBackend::new(120, 24)).unwrap();
-    let ctx = draw::Context {
-        title: "cost-probe top: pid 1 (srv)".into(),
-        message: Some("cost-probe: hello".into()),
-    };
-    term.draw(|f| draw::draw(f, &l, &ctx, (T0 + 6) * NS))
-        .unwrap();
-    let buf = term.backend().buffer();
-    let text: Vec<String> = (0..buf.area.height)
-        .map(|y| {
-            (0..buf.area.width)
-                .map(|x| buf[(x, y)].symbol())
-                .collect::<String>()
-        })
-        .collect();
+    let text = screen(&l, (T0 + 6) * NS);
     let all = text.join("\n");
     assert!(text[0].starts_with("cost-probe top: pid 1 (srv)"), "{all}");
     assert!(all.contains("requests 2 (partial 0)"), "{all}");
@@ -220,4 +224,33 @@ fn draw_shows_header_rows_in_flight_and_sparkline() {
         all.contains("q quit   s sort (by $/min)   | cost-probe: hello"),
         "{all}"
     );
+}
+
+/// A view that stops draining must not stall the run: the queue drops what it cannot take,
+/// counts it, and the view says how many records it missed; once drained it takes again.
+#[test]
+fn a_full_view_queue_drops_without_blocking_and_the_view_says_how_many_it_missed() {
+    let (tx, rx) = sink::channel(2);
+    for i in 0..5 {
+        tx.send(sink::Msg::Line(
+            request("llama", T0 + 1 + i, 12.0, 4.0, 0.0005).into_bytes(),
+        ));
+    }
+    assert_eq!(rx.dropped(), 3);
+    let mut l = live("model", T0);
+    while let Ok(msg) = rx.rx.try_recv() {
+        let sink::Msg::Line(line) = msg else {
+            panic!("only lines were sent")
+        };
+        l.line(&line);
+    }
+    l.dropped(rx.dropped());
+    let all = screen(&l, (T0 + 6) * NS).join("\n");
+    assert!(all.contains("requests 2 (partial 0)"), "{all}");
+    assert!(all.contains("view missed 3 records"), "{all}");
+    tx.send(sink::Msg::Line(
+        request("llama", T0 + 7, 12.0, 4.0, 0.0005).into_bytes(),
+    ));
+    assert_eq!(rx.dropped(), 3);
+    assert!(rx.rx.try_recv().is_ok());
 }
