@@ -1,6 +1,6 @@
 //! `cost-probe demo --output FILE` (what `cargo xtask demo` runs) ends with the report's table of
 //! the records it wrote, writes the HTML report beside them, and `report --json` on that file
-//! agrees with the records (#13).
+//! agrees with the records, cache opportunity included (#13).
 use std::process::Command;
 
 use cost_probe_tests::{bin, require_kernel};
@@ -61,4 +61,11 @@ fn demo_ends_with_the_report_of_its_records() {
         .map(|g| g["requests"].as_u64().unwrap())
         .sum();
     assert_eq!(per_model, 8);
+    // Each client's fourth request is the same FAQ: two asked, the second a repeat.
+    assert_eq!(r["cache_opportunity"]["hashed_requests"], 8);
+    assert_eq!(r["cache_opportunity"]["repeats"], 1);
+    assert!(
+        stdout.contains("cache opportunity (exact match only"),
+        "{stdout}"
+    );
 }

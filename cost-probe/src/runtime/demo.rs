@@ -113,7 +113,12 @@ pub async fn run(config: DemoConfig) -> Result<(), RuntimeError> {
     result
 }
 
-/// One keep-alive client: `n` streamed chat completions of varying length.
+/// The question every fourth request of each client asks, byte for byte the same: what an
+/// exact-match cache would have answered (the report's cache opportunity).
+const FAQ: &str = r#"{"model":"demo-small","stream":true,"max_tokens":16,"messages":[{"role":"user","content":"What are your opening hours?"}]}"#;
+
+/// One keep-alive client: `n` streamed chat completions of varying length, every fourth the
+/// same FAQ.
 async fn client(port: u16, c: u32, n: u32) -> std::io::Result<u32> {
     let mut s = BufReader::new(TcpStream::connect(("127.0.0.1", port)).await?);
     for i in 0..n {
@@ -123,9 +128,13 @@ async fn client(port: u16, c: u32, n: u32) -> std::io::Result<u32> {
         } else {
             "demo-small"
         };
-        let body = format!(
-            r#"{{"model":"{model}","stream":true,"max_tokens":{tokens},"messages":[{{"role":"user","content":"request {c}-{i}"}}]}}"#
-        );
+        let body = if i % 4 == 3 {
+            FAQ.to_owned()
+        } else {
+            format!(
+                r#"{{"model":"{model}","stream":true,"max_tokens":{tokens},"messages":[{{"role":"user","content":"request {c}-{i}"}}]}}"#
+            )
+        };
         let req = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: demo\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
