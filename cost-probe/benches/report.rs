@@ -1,5 +1,5 @@
 //! `report`'s reader on one core: records/s over the lines of a real run (the fixture's mix of
-//! request and interval records, about 740 bytes a line), grouped by a tag and the model.
+//! request and interval records, about 780 bytes a line), grouped by a tag and the model.
 //! Timed in the thread's CPU time (`common/cpu_clock.rs`).
 use std::hint::black_box;
 
