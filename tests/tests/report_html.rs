@@ -24,8 +24,8 @@ use std::{
 use cost_probe_tests::{bin, workspace};
 use serde_json::Value;
 
-/// Tall enough for the whole report page (charts, then the tables and the cache opportunity), so the
-/// screenshot kept as docs/report.png shows all of it.
+/// Tall enough for the charts, the tables and the cache opportunity of the fixture's report, so
+/// the screenshot kept as docs/report.png shows them (the forecast's last rows fall below it).
 const WINDOW: (u32, u32) = (1280, 2100);
 const CHARTS: [&str; 6] = [
     "chart-cost",
