@@ -640,26 +640,30 @@ impl Ledger {
         self.ready.drain(..)
     }
 
+    /// Moves the spans `pred` picks to `ready`, keeping the rest in their order (a span's slot
+    /// is its start order, so `ready` comes out close to end order, cheap for the meter to sort).
     fn take_where(&mut self, pred: impl Fn(&Span) -> bool) {
-        let mut slot = 0;
-        while slot < self.spans.len() {
-            if pred(&self.spans[slot]) {
-                let span = self.spans.swap_remove(slot);
-                self.index.remove(&span.id);
-                if let Some(moved) = self.spans.get(slot) {
-                    self.index.insert(moved.id, slot);
+        let mut keep = 0;
+        for slot in 0..self.spans.len() {
+            let span = &self.spans[slot];
+            if !pred(span) {
+                if keep != slot {
+                    self.spans.swap(keep, slot);
+                    self.index.insert(self.spans[keep].id, keep);
                 }
-                let mut acc = span.acc;
-                let w = work::windows(&span.facts(), &self.rates);
-                acc.phases.method = w.method;
-                if w.method != SplitMethod::Overlap {
-                    acc.phases.queue = Some(w.work_start().saturating_sub(span.start));
-                    acc.phases.prefill_time = Some(Nanos(w.prefill.len()));
-                }
-                self.ready.push((span.id, acc));
-            } else {
-                slot += 1;
+                keep += 1;
+                continue;
             }
+            self.index.remove(&span.id);
+            let mut acc = span.acc;
+            let w = work::windows(&span.facts(), &self.rates);
+            acc.phases.method = w.method;
+            if w.method != SplitMethod::Overlap {
+                acc.phases.queue = Some(w.work_start().saturating_sub(span.start));
+                acc.phases.prefill_time = Some(Nanos(w.prefill.len()));
+            }
+            self.ready.push((span.id, acc));
         }
+        self.spans.truncate(keep);
     }
 }

@@ -2,9 +2,12 @@
 //! rules and records), its listening sockets (a request's local address), and the tags it was
 //! discovered with (inherited by its descendants).
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque, hash_map::Entry},
+    collections::{BTreeMap, VecDeque, hash_map::Entry},
     net::SocketAddr,
 };
+
+// Keyed by kernel ids, not attacker-chosen: a fast non-DoS-resistant hash is fine.
+use rustc_hash::FxHashMap as HashMap;
 
 use super::ProcFs;
 
@@ -51,26 +54,12 @@ impl Processes {
 
     /// The process's name, command line and tags, read once.
     pub fn info(&mut self, tgid: u32) -> &ProcessInfo {
-        if !self.info.contains_key(&tgid) {
-            let info = ProcessInfo {
-                comm: self.fs.comm(tgid),
-                cmdline: self.fs.cmdline(tgid),
-                tags: self.inherited_tags(tgid),
-            };
-            self.info.insert(tgid, info);
-        }
-        &self.info[&tgid]
-    }
-
-    /// Tags of a traced process: its own, or those of the nearest ancestor that has some.
-    fn inherited_tags(&self, tgid: u32) -> BTreeMap<String, String> {
-        if self.tags.is_empty() {
-            return BTreeMap::new();
-        }
-        std::iter::once(tgid)
-            .chain(self.fs.ancestors(tgid).take(16))
-            .find_map(|p| self.tags.get(&p).cloned())
-            .unwrap_or_default()
+        let (fs, tags) = (&self.fs, &self.tags);
+        self.info.entry(tgid).or_insert_with(|| ProcessInfo {
+            comm: fs.comm(tgid),
+            cmdline: fs.cmdline(tgid),
+            tags: inherited_tags(fs, tags, tgid),
+        })
     }
 
     /// The local address of a listening fd (one /proc read per process fills all of them).
@@ -101,6 +90,21 @@ impl Processes {
             self.listeners.retain(|(t, _), _| *t != tgid);
         }
     }
+}
+
+/// Tags of a traced process: its own, or those of the nearest ancestor that has some.
+fn inherited_tags(
+    fs: &ProcFs,
+    tags: &HashMap<u32, BTreeMap<String, String>>,
+    tgid: u32,
+) -> BTreeMap<String, String> {
+    if tags.is_empty() {
+        return BTreeMap::new();
+    }
+    std::iter::once(tgid)
+        .chain(fs.ancestors(tgid).take(16))
+        .find_map(|p| tags.get(&p).cloned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

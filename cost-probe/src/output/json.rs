@@ -54,9 +54,59 @@ fn float(out: &mut Vec<u8>, v: f64) {
         lit(out, "null");
     } else if v == 0.0 && v.is_sign_positive() {
         lit(out, "0.0");
+    } else if let Some(n) = millionths(v) {
+        fixed6(out, n);
     } else {
         out.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes());
     }
+}
+
+/// `v` as a whole number of millionths, when it is one and lies in [1e-5, 1e9): most numbers
+/// of a request record are (milliseconds from nanoseconds, joules from microjoules, both
+/// `n as f64 / 1e6`). For such a value the shortest decimal that round-trips is `n`'s own
+/// digits: `v` is the double nearest to n·10⁻⁶ (the check below: IEEE division of two exact
+/// integers is correctly rounded), and every other decimal on that grid or a coarser one is at
+/// least 10⁻⁶ away, while below 2³⁰ a double's rounding interval is under 1.2·10⁻⁷ wide.
+#[inline]
+fn millionths(v: f64) -> Option<u64> {
+    if !(1e-5..1e9).contains(&v) {
+        return None;
+    }
+    // Rounded by adding a half and truncating (`f64::round` is a libm call here).
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "v·1e6 is in [10, 1e15]"
+    )]
+    let n = (v * 1e6 + 0.5) as u64;
+    #[expect(
+        clippy::float_cmp,
+        reason = "exact on purpose: only a value that is exactly n/1e6 takes this path"
+    )]
+    (n as f64 / 1e6 == v).then_some(n)
+}
+
+/// `n` millionths as zmij writes numbers in [1e-5, 1e16): the integer part, a point, and the
+/// fraction without trailing zeros (at least one digit): `0.000502`, `12.5`, `3.0`.
+#[inline]
+fn fixed6(out: &mut Vec<u8>, n: u64) {
+    uint(out, n / 1_000_000);
+    let mut frac = (n % 1_000_000) as u32;
+    if frac == 0 {
+        lit(out, ".0");
+        return;
+    }
+    let mut len = 6;
+    while frac.is_multiple_of(10) {
+        frac /= 10;
+        len -= 1;
+    }
+    let mut digits = [b'.', b'0', b'0', b'0', b'0', b'0', b'0'];
+    for d in digits[1..=len].iter_mut().rev() {
+        *d = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    out.extend_from_slice(&digits[..=len]);
 }
 
 /// `,"key":value` when the value is present (`key` includes the comma, quotes and colon).
@@ -68,13 +118,15 @@ fn opt_float(out: &mut Vec<u8>, key: &'static str, v: Option<f64>) {
     }
 }
 
-/// Each key fragment followed by its number.
-#[inline]
-fn floats(out: &mut Vec<u8>, fields: &[(&'static str, f64)]) {
-    for &(key, v) in fields {
-        lit(out, key);
-        float(out, v);
-    }
+/// Each key fragment followed by its number. A macro, not a loop over pairs: a literal key
+/// is copied inline, one from a slice through a `memcpy` call.
+macro_rules! floats {
+    ($out:expr, $($key:literal => $v:expr),+ $(,)?) => {
+        $(
+            lit($out, $key);
+            float($out, $v);
+        )+
+    };
 }
 
 fn addr(out: &mut Vec<u8>, a: &SocketAddr) {
@@ -133,9 +185,9 @@ impl RequestRecord<'_> {
         lit(out, ",\"type\":");
         lit(out, kind_name(Self::KIND));
         lit(out, ",\"start\":\"");
-        out.extend_from_slice(self.start.as_str().as_bytes());
+        out.extend_from_slice(self.start.as_bytes());
         lit(out, "\",\"end\":\"");
-        out.extend_from_slice(self.end.as_str().as_bytes());
+        out.extend_from_slice(self.end.as_bytes());
         lit(out, "\",\"duration_ms\":");
         float(out, self.duration_ms);
         lit(out, ",\"pid\":");
@@ -219,14 +271,11 @@ impl RequestRecord<'_> {
     /// From `energy_j` to `usd_per_1k_tokens`.
     fn write_price(&self, out: &mut Vec<u8>) {
         if let Some(e) = &self.energy_j {
-            floats(
-                out,
-                &[
-                    (",\"energy_j\":{\"gpu\":", e.gpu),
-                    (",\"cpu\":", e.cpu),
-                    (",\"dram\":", e.dram),
-                    (",\"total\":", e.total),
-                ],
+            floats!(out,
+                ",\"energy_j\":{\"gpu\":" => e.gpu,
+                ",\"cpu\":" => e.cpu,
+                ",\"dram\":" => e.dram,
+                ",\"total\":" => e.total,
             );
             out.push(b'}');
         }
@@ -240,14 +289,11 @@ impl RequestRecord<'_> {
             out.push(b'}');
         }
         if let Some(c) = &self.cost_usd {
-            floats(
-                out,
-                &[
-                    (",\"cost_usd\":{\"energy\":", c.energy),
-                    (",\"capacity\":", c.capacity),
-                    (",\"egress\":", c.egress),
-                    (",\"total\":", c.total),
-                ],
+            floats!(out,
+                ",\"cost_usd\":{\"energy\":" => c.energy,
+                ",\"capacity\":" => c.capacity,
+                ",\"egress\":" => c.egress,
+                ",\"total\":" => c.total,
             );
             out.push(b'}');
         }
@@ -310,7 +356,41 @@ mod tests {
             Just(-0.0),
             0.0..1e6f64,
             any::<f64>(), // NaN and infinities included: serde_json writes null
+            millionths_strategy(),
         ]
+    }
+
+    /// Whole numbers of millionths (`ns as f64 / 1e6`, `µJ as f64 / 1e6`), around every
+    /// boundary of the fast path: below 1e-5, up to and past 1e9.
+    fn millionths_strategy() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            (0u64..100).prop_map(|n| n as f64 / 1e6),
+            (0u64..10_000_000).prop_map(|n| n as f64 / 1e6),
+            (0u64..2_000_000_000_000_000).prop_map(|n| n as f64 / 1e6),
+            (999_000_000_000_000u64..1_001_000_000_000_000).prop_map(|n| n as f64 / 1e6),
+            any::<u64>().prop_map(|n| n as f64 / 1e6),
+        ]
+    }
+
+    #[test]
+    fn millionths_are_written_as_serde_json_writes_them_at_the_edges() {
+        let small = [1u64, 9, 10, 11, 99, 100];
+        let mid = [999_999u64, 1_000_000, 1_000_001, 1_500_000, 123_456_789];
+        let top = [
+            999_999_999_999_999u64,
+            1_000_000_000_000_000,
+            1_000_000_000_000_001,
+        ];
+        for n in small.into_iter().chain(mid).chain(top) {
+            let v = n as f64 / 1e6;
+            let mut ours = Vec::new();
+            float(&mut ours, v);
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                serde_json::to_string(&v).unwrap(),
+                "{n} millionths"
+            );
+        }
     }
 
     /// Strings with quotes, backslashes, control bytes and non-ASCII mixed in.
@@ -403,6 +483,16 @@ mod tests {
             nflags in 0usize..4,
         ) -> Price {
             Price { energy, attribution, cost, co2, per_1k, tags, nflags }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        #[test]
+        fn a_number_is_written_as_serde_json_writes_it(v in float_strategy()) {
+            let mut ours = Vec::new();
+            float(&mut ours, v);
+            prop_assert_eq!(String::from_utf8_lossy(&ours), serde_json::to_string(&v).unwrap());
         }
     }
 

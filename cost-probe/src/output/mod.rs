@@ -118,6 +118,12 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// The ASCII bytes, for the record writer (no UTF-8 check per record).
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
     #[must_use]
     pub fn as_str(&self) -> &str {
         // The buffer holds ASCII written by `WallClock::stamp` (humantime's digits and
@@ -256,7 +262,8 @@ pub struct Outputs {
     alerts: Option<AlertEngine>,
     normalizer: PathNormalizer,
     /// Raw path → normalized path, for summary groups (normalizing allocates, and paths repeat).
-    normalized: HashMap<String, String>,
+    /// Keyed by what clients send: seeded hashing, so no client can choose colliding paths.
+    normalized: HashMap<String, String, foldhash::fast::RandomState>,
 }
 
 impl Outputs {
@@ -270,7 +277,7 @@ impl Outputs {
             summary: Summary::default(),
             alerts: alerts.then(|| AlertEngine::new(rules)),
             normalizer: PathNormalizer::new(rules),
-            normalized: HashMap::new(),
+            normalized: HashMap::default(),
         }
     }
 
@@ -296,7 +303,7 @@ impl Outputs {
     ) -> io::Result<()> {
         let mut rec = RequestRecord::from_span(span, comm, &self.clock, &mut self.seconds);
         match price {
-            Some(p) => rec = rec.priced(p.energy, p.cost, tags),
+            Some(p) => rec.price(p.energy, p.cost, tags),
             None => rec.tags = std::borrow::Cow::Borrowed(tags),
         }
         self.dispatch(&Record::Request { span, record: &rec })?;
@@ -434,7 +441,7 @@ impl Outputs {
 }
 
 fn normalized<'a>(
-    cache: &'a mut HashMap<String, String>,
+    cache: &'a mut HashMap<String, String, foldhash::fast::RandomState>,
     normalizer: &PathNormalizer,
     path: &str,
 ) -> &'a str {

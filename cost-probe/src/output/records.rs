@@ -299,14 +299,13 @@ impl<'a> RequestRecord<'a> {
         }
     }
 
-    /// Adds the request's energy, price and tags.
-    #[must_use]
-    pub fn priced(
-        mut self,
+    /// Adds the request's energy, price and tags (in place: a record is a few hundred bytes).
+    pub fn price(
+        &mut self,
         energy: &RequestEnergy,
         cost: &RequestCost,
         tags: &'a BTreeMap<String, String>,
-    ) -> Self {
+    ) {
         self.energy_j = Some(energy.energy_j());
         self.attribution = Some(Attribution::of(&energy.phases));
         self.cost_usd = Some(cost.cost_usd);
@@ -314,7 +313,6 @@ impl<'a> RequestRecord<'a> {
         self.usd_per_1k_tokens = cost.usd_per_1k_tokens;
         self.tags = Cow::Borrowed(tags);
         self.flags.extend(energy.flags.iter_names());
-        self
     }
 }
 

@@ -1,11 +1,11 @@
 //! The `summary` record: per group, HDR percentiles of latency, energy and cost, and totals.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     hash::{Hash, Hasher},
 };
 
 use hdrhistogram::Histogram;
-use rustc_hash::FxHasher;
+use rustc_hash::{FxHashMap, FxHasher};
 use serde::Serialize;
 
 /// A distribution kept as integers of `1/scale` units (3 significant figures).
@@ -141,7 +141,7 @@ pub const MAX_GROUPS: usize = 10_000;
 #[derive(Debug, Default)]
 pub struct Summary {
     /// Keyed by a hash of the borrowed key, so a known group costs no allocation per request.
-    groups: HashMap<u64, Vec<(GroupKey, Group)>>,
+    groups: FxHashMap<u64, Vec<(GroupKey, Group)>>,
     count: usize,
     pub totals: Totals,
     tokens: u64,
@@ -195,7 +195,7 @@ impl Summary {
         let mut hash = key_hash(path, model, tags);
         let mut key = (path, model, tags);
         let known =
-            |groups: &HashMap<u64, Vec<(GroupKey, Group)>>,
+            |groups: &FxHashMap<u64, Vec<(GroupKey, Group)>>,
              h,
              (p, m, t): (Option<&str>, Option<&str>, &BTreeMap<String, String>)| {
                 groups.get(&h).is_some_and(|v| {
