@@ -161,8 +161,8 @@ impl Replay {
         Self { tracer, data, now }
     }
 
-    /// One pass over the workload, as the consumer loop runs it: a drain of up to 256 events,
-    /// then the span hand-off and a tick (which samples when an interval is due). Events are
+    /// One pass over the workload, as the consumer loop runs it: a drain of up to 256 events
+    /// (spans go to the meter as they finish), then a tick (which samples when an interval is due). Events are
     /// stamped with the monotonic clock the kernel's would read (the sampler reads it too),
     /// spread evenly since the previous drain.
     fn pass(&mut self) {
@@ -174,7 +174,6 @@ impl Replay {
                 set_ts(e, self.now);
                 self.tracer.on_event(&e.borrowed());
             }
-            self.tracer.emit();
             self.tracer.tick(self.now).expect("writing the records");
         }
         self.tracer.flush().expect("writing the records");

@@ -23,12 +23,6 @@ use crate::{
     units::{MicroJoules, Nanos},
 };
 
-/// A finished request whose energy is final.
-pub struct Released {
-    pub span: RequestSpan,
-    pub energy: RequestEnergy,
-}
-
 /// Run totals for the summary.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MeterTotals {
@@ -63,6 +57,9 @@ pub struct Meter {
     scratch: Vec<(u64, RequestEnergy)>,
     /// (end, id, slot, index in `scratch`): the release order of a tick.
     order: Vec<(u64, u64, u32, usize)>,
+    /// Released requests, in the order they ended: slot in `slab`, and energy. They stay in
+    /// the slab until [`Meter::drain_released`] hands them out by reference.
+    released: Vec<(u32, RequestEnergy)>,
 }
 
 fn kind_of(c: DomainClass) -> Option<EnergyKind> {
@@ -134,6 +131,7 @@ impl Meter {
             totals: MeterTotals::default(),
             scratch: Vec::new(),
             order: Vec::new(),
+            released: Vec::new(),
         }
     }
 
@@ -192,9 +190,9 @@ impl Meter {
         self.held.len()
     }
 
-    /// Samples when an interval has passed; returns the interval's split and pushes the
-    /// requests whose energy is now final.
-    pub fn tick_if_due(&mut self, now: Nanos, out: &mut Vec<Released>) -> Option<IntervalReport> {
+    /// Samples when an interval has passed; returns the interval's split, and releases the
+    /// requests whose energy is now final (see [`Self::drain_released`]).
+    pub fn tick_if_due(&mut self, now: Nanos) -> Option<IntervalReport> {
         if now.0 < self.last_tick.0 + self.interval.0 {
             return None;
         }
@@ -205,7 +203,7 @@ impl Meter {
             (now.0 - self.last_tick.0) / self.interval.0.max(1) - 1
         };
         self.last_tick = now;
-        let mut report = self.tick(out, false);
+        let mut report = self.tick(false);
         report.late_ticks = late;
         Some(report)
     }
@@ -215,18 +213,33 @@ impl Meter {
     /// be in no interval at all, priced 0 J).
     pub fn baseline(&mut self, now: Nanos) {
         if self.last_tick.0 == 0 {
-            let mut none = Vec::new();
-            self.tick_if_due(now, &mut none);
-            debug_assert!(none.is_empty(), "a first sample releases nothing");
+            self.tick_if_due(now);
+            debug_assert!(self.released.is_empty(), "a first sample releases nothing");
         }
     }
 
-    /// A last sample, then every held request (shutdown).
-    pub fn finish(&mut self, out: &mut Vec<Released>) -> IntervalReport {
-        self.tick(out, true)
+    /// A last sample, then releases every held request (shutdown).
+    pub fn finish(&mut self) -> IntervalReport {
+        self.tick(true)
     }
 
-    fn tick(&mut self, out: &mut Vec<Released>, all: bool) -> IntervalReport {
+    /// Hands each released request to `f` with its energy, in the order they ended, and
+    /// forgets it. By reference: a span is not moved out of the slab it was finished into.
+    pub fn drain_released(&mut self, mut f: impl FnMut(&RequestSpan, &RequestEnergy)) {
+        let released = std::mem::take(&mut self.released);
+        for (slot, energy) in &released {
+            let held = &mut self.slab[*slot as usize];
+            if let Some(span) = held.as_ref() {
+                f(span, energy);
+            }
+            *held = None;
+            self.free.push(*slot);
+        }
+        self.released = released;
+        self.released.clear();
+    }
+
+    fn tick(&mut self, all: bool) -> IntervalReport {
         if std::mem::take(&mut self.targets_dirty) {
             self.sampler.set_targets(&self.targets);
         }
@@ -298,13 +311,13 @@ impl Meter {
         } else {
             self.scratch.extend(self.ledger.drain_ready());
         }
-        self.release(out);
+        self.release();
         rec
     }
 
-    /// Pushes the requests the ledger released (in `scratch`) to `out`, in the order they ended.
-    fn release(&mut self, out: &mut Vec<Released>) {
-        // The ledger releases in no particular order; records go out in the order requests
+    /// Queues the requests the ledger released (in `scratch`) in the order they ended.
+    fn release(&mut self) {
+        // The ledger releases in start order; records go out in the order requests
         // ended (pipelined requests: in pipeline order). Small keys are sorted, not the
         // records: at 100k requests/s a tick releases thousands of them.
         let ready = std::mem::take(&mut self.scratch);
@@ -316,16 +329,8 @@ impl Meter {
             Some((end, *id, slot, i))
         }));
         order.sort_unstable();
-        out.reserve(order.len());
-        for &(_, _, slot, i) in &order {
-            if let Some(span) = self.slab[slot as usize].take() {
-                self.free.push(slot);
-                out.push(Released {
-                    span,
-                    energy: ready[i].1,
-                });
-            }
-        }
+        self.released
+            .extend(order.iter().map(|&(_, _, slot, i)| (slot, ready[i].1)));
         self.order = order;
         self.scratch = ready;
         self.scratch.clear();
@@ -546,30 +551,28 @@ mod tests {
         let rules = Rules::builtin().unwrap();
         let interval = Duration::from_millis(5);
         let mut m = Meter::with_sampler(&rules, interval, sampler);
-        let mut out = Vec::new();
         let t0 = crate::units::monotonic_now().0;
-        m.tick(&mut out, false); // baseline
+        m.tick(false); // baseline
         m.started(1, t0);
         std::thread::sleep(Duration::from_millis(6));
-        m.tick(&mut out, false);
+        m.tick(false);
         lost.store(true, Ordering::Relaxed);
         let end = crate::units::monotonic_now().0;
         m.finished(span(1, t0, end));
         // Silent for more than three intervals: the gap is closed and the request released.
         for _ in 0..5 {
             std::thread::sleep(Duration::from_millis(6));
-            m.tick(&mut out, false);
+            m.tick(false);
         }
+        let mut out = Vec::new();
+        m.drain_released(|span, energy| out.push((span.id, *energy)));
         assert_eq!(
             out.len(),
             1,
             "the request is released without waiting for shutdown"
         );
-        assert!(out[0].energy.flags.partial_energy);
-        assert!(
-            out[0].energy.energy.gpu.0 > 0,
-            "energy before the loss is kept"
-        );
+        assert!(out[0].1.flags.partial_energy);
+        assert!(out[0].1.energy.gpu.0 > 0, "energy before the loss is kept");
         assert_eq!(m.held(), 0);
     }
 }

@@ -181,8 +181,8 @@ impl Session {
         Ok(added)
     }
 
-    /// One pass: drain the ring (waiting up to 10 ms unless stopping), classify accepts the
-    /// kernel could not, hand finished spans on, and sample energy when due.
+    /// One pass: drain the ring (waiting up to 10 ms unless stopping; spans go to the meter as
+    /// they finish), classify accepts the kernel could not, and sample energy when due.
     fn drain_once(&mut self, stopping: bool) -> Result<(), RuntimeError> {
         let tracer = &mut self.tracer;
         self.probe
@@ -199,7 +199,6 @@ impl Session {
         for conn in self.tracer.take_ended_by_exit() {
             self.probe.forget_conn(conn);
         }
-        self.tracer.emit();
         self.tracer
             .tick(monotonic_now().0)
             .map_err(|e| RuntimeError::Run(e.into()))

@@ -9,14 +9,14 @@ use std::{
     io::{self, Write},
 };
 
-use super::meter::{Meter, Released};
+use super::meter::Meter;
 use crate::{
     host::{FdKind, Processes},
     output::{Outputs, Price, Unattributed},
     pricing::Prices,
     probe::{ConnId, Event, event::decode},
     rules::{RequestInfo, Rules, Tagger},
-    spans::{Limits, SpanBuilder, SpanEvent},
+    spans::{Limits, RequestSpan, SpanBuilder, SpanSink},
     units::Nanos,
     view::InFlight,
 };
@@ -43,11 +43,26 @@ fn tags_of<'p>(
     (&process.comm, tags)
 }
 
+/// The span builder's reports, straight to the meter (which releases a finished span once its
+/// energy is known): a span is moved once, from its connection to the meter.
+struct ToMeter<'m>(&'m mut Meter);
+
+impl SpanSink for ToMeter<'_> {
+    fn started(&mut self, id: u64, conn: ConnId, start: u64) {
+        self.0.add_target(conn.tgid);
+        self.0.started(id, start);
+    }
+    fn progress(&mut self, id: u64, at: u64, _chunks: u32) {
+        self.0.progress(id, at);
+    }
+    fn finished(&mut self, span: RequestSpan) {
+        self.0.finished(span);
+    }
+}
+
 pub struct Tracer {
     spans: SpanBuilder,
-    span_events: Vec<SpanEvent>,
     meter: Meter,
-    released: Vec<Released>,
     prices: Prices,
     tagger: Tagger,
     processes: Processes,
@@ -74,11 +89,9 @@ impl Tracer {
     ) -> Self {
         Self {
             spans: SpanBuilder::new(Limits::default()),
-            span_events: Vec::with_capacity(256),
             prices: Prices::from_rules(rules, meter.gpu_model()),
             tagger: rules.tagger(),
             meter,
-            released: Vec::new(),
             processes,
             outputs,
             recorder,
@@ -116,7 +129,7 @@ impl Tracer {
             let _ = serde_json::to_writer(&mut *w, ev);
             let _ = w.write_all(b"\n");
         }
-        self.spans.on_event(ev, &mut self.span_events);
+        self.spans.on_event(ev, &mut ToMeter(&mut self.meter));
         match *ev {
             Event::Accept {
                 conn,
@@ -210,25 +223,10 @@ impl Tracer {
         std::mem::take(&mut self.execs)
     }
 
-    /// Hands the spans finished since the last call to the meter, which releases them once
-    /// their energy is known.
-    pub fn emit(&mut self) {
-        for e in self.span_events.drain(..) {
-            match e {
-                SpanEvent::Started { id, conn, start } => {
-                    self.meter.add_target(conn.tgid);
-                    self.meter.started(id, start);
-                }
-                SpanEvent::Progress { id, at, .. } => self.meter.progress(id, at),
-                SpanEvent::Finished(span) => self.meter.finished(span),
-            }
-        }
-    }
-
     /// Samples energy when an interval is due; writes the interval and the requests it priced.
     pub fn tick(&mut self, now: u64) -> io::Result<()> {
         self.processes.bury(now);
-        if let Some(report) = self.meter.tick_if_due(Nanos(now), &mut self.released)
+        if let Some(report) = self.meter.tick_if_due(Nanos(now))
             // The first tick only sets each counter's baseline: nothing to say yet.
             && !report.domains.is_empty()
         {
@@ -239,18 +237,17 @@ impl Tracer {
 
     /// Prices, tags and writes every request the meter released.
     fn emit_released(&mut self) -> io::Result<()> {
-        let mut released = std::mem::take(&mut self.released);
+        let (prices, tagger) = (&self.prices, &self.tagger);
+        let (processes, outputs) = (&mut self.processes, &mut self.outputs);
         let mut result = Ok(());
-        for Released { span, energy } in released.drain(..) {
+        self.meter.drain_released(|span, energy| {
             if result.is_err() {
-                continue;
+                return;
             }
-            let cost = self
-                .prices
-                .price(&energy, span.usage.total(), span.bytes_out);
+            let cost = prices.price(energy, span.usage.total(), span.bytes_out);
             let (comm, tags) = tags_of(
-                &mut self.processes,
-                &self.tagger,
+                processes,
+                tagger,
                 span.conn.tgid,
                 RequestInfo {
                     method: span.method.as_deref(),
@@ -261,17 +258,16 @@ impl Tracer {
                     cmdline: None,
                 },
             );
-            result = self.outputs.request(
-                &span,
+            result = outputs.request(
+                span,
                 comm,
                 Some(Price {
-                    energy: &energy,
+                    energy,
                     cost: &cost,
                 }),
                 &tags,
             );
-        }
-        self.released = released;
+        });
         result
     }
 
@@ -337,9 +333,8 @@ impl Tracer {
 
     /// Ends every open span (flagged partial), prices what is held, then writes the summary.
     pub fn finish(&mut self, start: u64, now: u64) -> io::Result<()> {
-        self.spans.flush(now, &mut self.span_events);
-        self.emit();
-        let report = self.meter.finish(&mut self.released);
+        self.spans.flush(now, &mut ToMeter(&mut self.meter));
+        let report = self.meter.finish();
         self.outputs.interval(&report, &self.spans.stats)?;
         self.emit_released()?;
         let stats = self.spans.stats;

@@ -2,7 +2,7 @@
 use std::{collections::VecDeque, net::SocketAddr};
 
 use super::{
-    Flags, Limits, Protocol, RequestSpan, SpanEvent, Stats,
+    Flags, Limits, Protocol, RequestSpan, SpanSink, Stats,
     detect::{self, Decision},
     http::{self, Framing, HeadParse, Request, RequestParser, ResponseHead, Seg, Upgrade},
     scan::{self, ServerTimings, Usage},
@@ -15,7 +15,7 @@ pub(super) struct Ctx<'a> {
     pub next_id: &'a mut u64,
     pub limits: Limits,
     pub stats: &'a mut Stats,
-    pub out: &'a mut Vec<SpanEvent>,
+    pub out: &'a mut dyn SpanSink,
 }
 
 impl Ctx<'_> {
@@ -229,11 +229,7 @@ impl Conn {
             if std::mem::take(&mut self.pending_flags).contains(Flags::TRUNCATED) {
                 r.truncated = true;
             }
-            ctx.out.push(SpanEvent::Started {
-                id,
-                conn: ctx.conn,
-                start: r.start,
-            });
+            ctx.out.started(id, ctx.conn, r.start);
         }
     }
 
@@ -549,7 +545,7 @@ impl Conn {
                 (None, None, None, None, 0, None)
             }
         };
-        ctx.out.push(SpanEvent::Finished(RequestSpan {
+        ctx.out.finished(RequestSpan {
             id: req.id,
             conn: ctx.conn,
             local: self.local,
@@ -577,7 +573,7 @@ impl Conn {
             } else {
                 None
             },
-        }));
+        });
     }
 
     /// Its requests announced and not finished: the queued ones (the front one may be answering),
@@ -615,7 +611,7 @@ impl Conn {
         ts: u64,
         abrupt: bool,
         next_id: &mut u64,
-        out: &mut Vec<SpanEvent>,
+        out: &mut dyn SpanSink,
     ) {
         let mut stats = Stats::default();
         let mut ctx = Ctx {

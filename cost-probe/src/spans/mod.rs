@@ -150,6 +150,30 @@ pub enum SpanEvent {
     Finished(RequestSpan),
 }
 
+/// Where the builder reports what it sees: a `Vec<SpanEvent>` collects the events (tests,
+/// fuzzing); the tracer hands each one straight to the meter, so a finished span is moved once
+/// and a start is not padded to the size of a span.
+pub trait SpanSink {
+    /// See [`SpanEvent::Started`].
+    fn started(&mut self, id: u64, conn: ConnId, start: u64);
+    /// See [`SpanEvent::Progress`].
+    fn progress(&mut self, id: u64, at: u64, chunks: u32);
+    /// See [`SpanEvent::Finished`].
+    fn finished(&mut self, span: RequestSpan);
+}
+
+impl SpanSink for Vec<SpanEvent> {
+    fn started(&mut self, id: u64, conn: ConnId, start: u64) {
+        self.push(SpanEvent::Started { id, conn, start });
+    }
+    fn progress(&mut self, id: u64, at: u64, chunks: u32) {
+        self.push(SpanEvent::Progress { id, at, chunks });
+    }
+    fn finished(&mut self, span: RequestSpan) {
+        self.push(SpanEvent::Finished(span));
+    }
+}
+
 /// Limits that keep memory bounded whatever the traffic.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -217,7 +241,7 @@ impl SpanBuilder {
         }
     }
 
-    pub fn on_event(&mut self, ev: &Event<&[u8]>, out: &mut Vec<SpanEvent>) {
+    pub fn on_event(&mut self, ev: &Event<&[u8]>, out: &mut dyn SpanSink) {
         match *ev {
             Event::Accept { conn, peer, .. } => {
                 // A new accept on the same (tgid, fd) means the old connection is gone.
@@ -275,7 +299,7 @@ impl SpanBuilder {
     }
 
     /// Ends every open span (shutdown): in-flight requests are emitted flagged `partial`.
-    pub fn flush(&mut self, ts: u64, out: &mut Vec<SpanEvent>) {
+    pub fn flush(&mut self, ts: u64, out: &mut dyn SpanSink) {
         let mut all: Vec<(ConnId, Conn)> = self.conns.drain().collect();
         all.sort_by_key(|(k, _)| *k);
         for (k, mut c) in all {
@@ -312,7 +336,7 @@ impl SpanBuilder {
         self.conns.remove(&conn);
     }
 
-    fn close_fd(&mut self, conn: ConnId, ts: u64, out: &mut Vec<SpanEvent>) {
+    fn close_fd(&mut self, conn: ConnId, ts: u64, out: &mut dyn SpanSink) {
         let stale: Vec<ConnId> = self
             .conns
             .keys()

@@ -1,5 +1,5 @@
 //! A response being written: its head, body accounting and what the writes carried.
-use super::{Flags, Framing, ResponseHead, ServerTimings, SpanEvent, Usage, scan};
+use super::{Flags, Framing, ResponseHead, ServerTimings, SpanSink, Usage, scan};
 
 /// A response being written.
 #[derive(Debug, Default)]
@@ -17,7 +17,7 @@ pub(super) struct Response {
     pub(super) flags: Flags,
     /// Where the body began, when its head completed in a write: (ts, segment, offset).
     pub(super) body_at: Option<(u64, usize, usize)>,
-    /// Chunks already announced with [`SpanEvent::Progress`].
+    /// Chunks already announced with [`super::SpanSink::progress`].
     pub(super) announced: u32,
     /// Where this response's bytes began in the current write, (segment, offset): they are
     /// scanned for `usage`, `timings` and `model` when the response ends in the write or the
@@ -41,18 +41,14 @@ impl Response {
     }
 
     /// Announces the chunks counted since the last announcement (all in the last write).
-    pub(super) fn progress(&mut self, id: u64, out: &mut Vec<SpanEvent>) {
+    pub(super) fn progress(&mut self, id: u64, out: &mut dyn SpanSink) {
         let Some(n) = self.streamed_chunks() else {
             return;
         };
         let new = n.saturating_sub(self.announced);
         if new > 0 {
             self.announced = n;
-            out.push(SpanEvent::Progress {
-                id,
-                at: self.last_ts,
-                chunks: new,
-            });
+            out.progress(id, self.last_ts, new);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Turn-taking for protocols we do not parse (HTTP/2, other TCP): reads after a write start a
 //! request, writes until the next read answer it.
-use super::{Conn, Ctx, Flags, Protocol, RequestSpan, Response, SpanEvent, Usage};
+use super::{Conn, Ctx, Flags, Protocol, RequestSpan, Response, Usage};
 
 /// Turn-taking state for non-HTTP/1 protocols.
 #[derive(Debug)]
@@ -18,11 +18,7 @@ impl Conn {
         }
         if self.turn.is_none() {
             let id = ctx.new_id();
-            ctx.out.push(SpanEvent::Started {
-                id,
-                conn: ctx.conn,
-                start: ts,
-            });
+            ctx.out.started(id, ctx.conn, ts);
             self.turn = Some(Turn {
                 id,
                 start: ts,
@@ -66,7 +62,7 @@ impl Conn {
             }
             (None, None) => t.start,
         };
-        ctx.out.push(SpanEvent::Finished(RequestSpan {
+        ctx.out.finished(RequestSpan {
             id: t.id,
             conn: ctx.conn,
             local: self.local,
@@ -88,6 +84,6 @@ impl Conn {
             flags,
             trace_parent: None,
             request_hash: None,
-        }));
+        });
     }
 }
