@@ -11,6 +11,8 @@ mod traceparent;
 
 use std::net::SocketAddr;
 
+pub use compact_str::CompactString;
+
 // Keys are our own ids and kernel values, not attacker-chosen: a fast non-DoS-resistant hash is fine.
 use rustc_hash::FxHashMap as HashMap;
 
@@ -81,8 +83,8 @@ pub struct RequestSpan {
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
     pub protocol: Protocol,
-    pub method: Option<String>,
-    pub path: Option<String>,
+    pub method: Option<CompactString>,
+    pub path: Option<CompactString>,
     pub status: Option<u16>,
     /// Monotonic ns: the read that carried the request's first bytes.
     pub start: u64,

@@ -235,7 +235,7 @@ fn summary(spans: &[RequestSpan]) -> Vec<(Protocol, String, Option<u16>, Vec<&'s
         .map(|s| {
             (
                 s.protocol,
-                s.path.clone().unwrap_or_default(),
+                s.path.as_deref().unwrap_or_default().to_owned(),
                 s.status,
                 s.flags.names().collect(),
             )
