@@ -80,28 +80,30 @@ impl WallClock {
     /// second is the one formatted last (records come in time order, a few per millisecond):
     /// no allocation on the per-request path.
     pub fn stamp(&self, mono_ns: u64, cache: &mut SecondCache) -> Stamp {
-        let t = self.system_time(mono_ns);
-        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        if cache.secs != Some(d.as_secs()) {
-            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs());
+        // As `system_time`, in integer nanoseconds.
+        let real = u64::try_from((i128::from(mono_ns) + self.offset).max(0)).unwrap_or(0);
+        let (secs, nanos) = (real / 1_000_000_000, real % 1_000_000_000);
+        if cache.secs != Some(secs) {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
             // "YYYY-MM-DDTHH:MM:SSZ" → keep up to the seconds.
             let s = humantime::format_rfc3339_seconds(whole).to_string();
-            s.trim_end_matches('Z').clone_into(&mut cache.prefix);
-            cache.secs = Some(d.as_secs());
+            let p = s.trim_end_matches('Z').as_bytes();
+            let n = p.len().min(STAMP_LEN - 11);
+            cache.prefix = [0; STAMP_LEN];
+            cache.prefix[..n].copy_from_slice(&p[..n]);
+            cache.len = n;
+            cache.secs = Some(secs);
         }
+        let n = cache.len;
         let mut st = Stamp {
-            buf: [0; STAMP_LEN],
+            buf: cache.prefix,
             len: 0,
         };
-        let p = cache.prefix.as_bytes();
-        let n = p.len().min(STAMP_LEN - 11);
-        st.buf[..n].copy_from_slice(&p[..n]);
         st.buf[n] = b'.';
-        let mut ns = d.subsec_nanos();
-        for i in (0..9).rev() {
-            st.buf[n + 1 + i] = b'0' + (ns % 10) as u8;
-            ns /= 10;
-        }
+        // 1e9 + ns in decimal: a leading 1, then the nine digits of the nanoseconds.
+        let mut digits = itoa::Buffer::new();
+        let d = digits.format(1_000_000_000 + nanos).as_bytes();
+        st.buf[n + 1..n + 10].copy_from_slice(&d[1..10]);
         st.buf[n + 10] = b'Z';
         st.len = (n + 11) as u8;
         st
@@ -144,11 +146,22 @@ impl Serialize for Stamp {
     }
 }
 
-/// The formatted second of the last timestamp (see [`WallClock::stamp`]).
-#[derive(Debug, Default, Clone)]
+/// The formatted second of the last timestamp (see [`WallClock::stamp`]): `prefix[..len]`.
+#[derive(Debug, Clone)]
 pub struct SecondCache {
     secs: Option<u64>,
-    prefix: String,
+    prefix: [u8; STAMP_LEN],
+    len: usize,
+}
+
+impl Default for SecondCache {
+    fn default() -> Self {
+        Self {
+            secs: None,
+            prefix: [0; STAMP_LEN],
+            len: 0,
+        }
+    }
 }
 
 /// One record, as every sink receives it: the typed body, and for requests and intervals what
