@@ -26,7 +26,7 @@ use cost_probe::{
     runtime::{Tracer, meter::Meter},
     units::{MicroJoules, Nanos, monotonic_now},
 };
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 
 #[path = "common/cpu_clock.rs"]
 mod cpu_clock;
@@ -161,11 +161,25 @@ impl Replay {
         Self { tracer, data, now }
     }
 
+    /// One pass, counted: `cargo xtask bench instructions` has callgrind collect inside this
+    /// function only (never inlined, so it stays a symbol to toggle on).
+    #[inline(never)]
+    fn pass(&mut self) {
+        self.run();
+    }
+
+    /// Past the first intervals (the ledger's learning, the first releases), uncounted.
+    fn warm_up(&mut self) {
+        for _ in 0..20 {
+            self.run();
+        }
+    }
+
     /// One pass over the workload, as the consumer loop runs it: a drain of up to 256 events
     /// (spans go to the meter as they finish), then a tick (which samples when an interval is due). Events are
     /// stamped with the monotonic clock the kernel's would read (the sampler reads it too),
     /// spread evenly since the previous drain.
-    fn pass(&mut self) {
+    fn run(&mut self) {
         for chunk in self.data.chunks_mut(256) {
             let (from, to) = (self.now, monotonic_now().0);
             let n = chunk.len() as u64;
@@ -183,10 +197,7 @@ impl Replay {
 fn bench(c: &mut Criterion<cpu_clock::ThreadCpu>) {
     let mut replay = Replay::new();
     let requests = replay.data.len() as u64 / 2;
-    // Warm up past the first intervals (the ledger's learning, the first releases).
-    for _ in 0..20 {
-        replay.pass();
-    }
+    replay.warm_up();
     let mut g = c.benchmark_group("consumer");
     g.throughput(Throughput::Elements(requests));
     g.sample_size(20);
@@ -201,4 +212,25 @@ criterion_group! {
     config = Criterion::default().with_measurement(cpu_clock::ThreadCpu);
     targets = bench
 }
-criterion_main!(benches);
+/// Passes to count after the warm-up with `COST_PROBE_BENCH_PASSES=N` (see [`main`]).
+const PASSES: &str = "COST_PROBE_BENCH_PASSES";
+
+/// Criterion's main, unless `COST_PROBE_BENCH_PASSES=N`: then a warm-up and N passes without
+/// criterion, printing the requests they carried, for `cargo xtask bench instructions` to run
+/// under callgrind.
+fn main() {
+    if let Some(n) = std::env::var(PASSES)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let mut replay = Replay::new();
+        replay.warm_up();
+        for _ in 0..n {
+            replay.pass();
+        }
+        println!("requests {}", n * (replay.data.len() as u64 / 2));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -48,8 +48,72 @@ pub fn run(which: &str, secs: u64, rounds: u32, header_bytes: usize) -> anyhow::
         "host-tax" => host_tax(secs, rounds),
         "soak" => soak(secs),
         "micro" => crate::run(crate::cargo().args(["bench", "-p", "cost-probe"])),
-        other => bail!("unknown benchmark {other:?} (overhead, host-tax, soak, micro)"),
+        "instructions" => instructions(),
+        other => {
+            bail!("unknown benchmark {other:?} (overhead, host-tax, soak, micro, instructions)")
+        }
     }
+}
+
+/// Passes of the consumer bench counted by `instructions` (3,200 requests each).
+const COUNTED_PASSES: u32 = 20;
+
+/// `cargo xtask bench instructions`: the consumer bench's instructions per request, counted by
+/// callgrind inside its `Replay::pass` only (after an uncounted warm-up). Unlike CPU time on
+/// these VMs, the count does not drift: it tells a change to the consumer's hot path from the
+/// machine's mood in one run. It leaves out what the count cannot see (cache misses, the ring,
+/// the kernel's side of `write(2)`); `overhead` measures those.
+fn instructions() -> anyhow::Result<()> {
+    crate::apt_install(&["valgrind"])?;
+    let out_file = crate::workspace_root().join("target/callgrind.consumer.out");
+    let runner = format!(
+        "target.'cfg(all())'.runner=['valgrind', '--tool=callgrind', \
+         '--toggle-collect=consumer::Replay::pass', '--callgrind-out-file={}']",
+        out_file.display()
+    );
+    let mut cmd = crate::cargo();
+    cmd.args(["--config", &runner])
+        .args(["bench", "-p", "cost-probe", "--bench", "consumer"])
+        .env("COST_PROBE_BENCH_PASSES", COUNTED_PASSES.to_string());
+    eprintln!("+ {}", crate::show(&cmd));
+    let out = cmd
+        .output()
+        .context("running the consumer bench under callgrind")?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    if !out.status.success() {
+        bail!(
+            "the consumer bench under callgrind failed ({}):\n{stderr}",
+            out.status
+        );
+    }
+    let number = |text: &str, key: &str| -> Option<u64> {
+        let rest = &text[text.find(key)? + key.len()..];
+        let digits: String = rest
+            .trim_start_matches([' ', ':'])
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == ',')
+            .filter(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let requests = number(&stdout, "requests ").context("the bench printed no request count")?;
+    // One count per process callgrind reports on; a forked child that exits without exec
+    // reports 0.
+    let collected = stderr
+        .match_indices("Collected")
+        .filter_map(|(at, _)| number(&stderr[at..], "Collected"))
+        .max()
+        .context("callgrind printed no count")?;
+    println!(
+        "consumer: {} instructions per request ({collected} over {requests} requests in \
+         {COUNTED_PASSES} passes; per function: callgrind_annotate --inclusive=yes {})",
+        collected / requests.max(1),
+        out_file.display()
+    );
+    Ok(())
 }
 
 /// CPU time (ns) of every thread of `pid`.

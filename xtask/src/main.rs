@@ -44,7 +44,8 @@ enum Cmd {
     /// Build, start a sample streaming server, attach to it, and print its request records.
     Demo,
     /// Benchmarks: `overhead` (nginx under wrk: untraced, bpftrace floor, cost-probe),
-    /// `micro` (criterion benches of the pure core).
+    /// `host-tax`, `soak`, `micro` (criterion benches of the pure core), `instructions` (the
+    /// consumer's instructions per request, counted by callgrind).
     Bench {
         #[arg(default_value = "overhead")]
         which: String,
