@@ -78,6 +78,31 @@ struct Group {
     tokens: u64,
 }
 
+impl Group {
+    /// One request's sample, here and in the run's totals.
+    fn add(&mut self, s: Sample, totals: &mut Totals, tokens: &mut u64, token_cost: &mut f64) {
+        self.count += 1;
+        self.latency_ms.record(s.latency_ms);
+        if let Some(e) = s.energy_j {
+            self.energy_j
+                .get_or_insert_with(|| Dist::new(1e6))
+                .record(e);
+            *totals.energy_j.get_or_insert(0.0) += e;
+        }
+        if let Some(c) = s.cost_usd {
+            self.cost_usd
+                .get_or_insert_with(|| Dist::new(1e12))
+                .record(c);
+            *totals.cost_usd.get_or_insert(0.0) += c;
+            if let Some(t) = s.tokens {
+                self.tokens += t;
+                *tokens += t;
+                *token_cost += c;
+            }
+        }
+    }
+}
+
 /// One request's numbers, as the summary sees them.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
@@ -194,18 +219,19 @@ impl Summary {
     ) {
         let empty = BTreeMap::new();
         let mut hash = key_hash(path, model, tags);
+        // A known group (nearly every request): one lookup.
+        if let Some(bucket) = self.groups.get_mut(&hash)
+            && let Some((_, g)) = bucket.iter_mut().find(|(k, _)| {
+                k.path.as_deref() == path && k.model.as_deref() == model && &k.tags == tags
+            })
+        {
+            g.add(s, &mut self.totals, &mut self.tokens, &mut self.token_cost);
+            self.totals.requests += 1;
+            return;
+        }
         let mut key = (path, model, tags);
-        let known =
-            |groups: &FxHashMap<u64, Vec<(GroupKey, Group)>>,
-             h,
-             (p, m, t): (Option<&str>, Option<&str>, &BTreeMap<String, String>)| {
-                groups.get(&h).is_some_and(|v| {
-                    v.iter().any(|(k, _)| {
-                        k.path.as_deref() == p && k.model.as_deref() == m && &k.tags == t
-                    })
-                })
-            };
-        if !known(&self.groups, hash, key) && self.count >= MAX_GROUPS {
+        // A new group: past the limit, it folds into `(other)`.
+        if self.count >= MAX_GROUPS {
             self.totals.folded_groups += 1;
             key = (Some("(other)"), None, &empty);
             hash = key_hash(key.0, key.1, key.2);
@@ -234,22 +260,9 @@ impl Summary {
                 bucket.len() - 1
             }
         };
-        let g = &mut bucket[idx].1;
-        g.count += 1;
-        g.latency_ms.record(s.latency_ms);
-        if let Some(e) = s.energy_j {
-            g.energy_j.get_or_insert_with(|| Dist::new(1e6)).record(e);
-            *self.totals.energy_j.get_or_insert(0.0) += e;
-        }
-        if let Some(c) = s.cost_usd {
-            g.cost_usd.get_or_insert_with(|| Dist::new(1e12)).record(c);
-            *self.totals.cost_usd.get_or_insert(0.0) += c;
-            if let Some(t) = s.tokens {
-                g.tokens += t;
-                self.tokens += t;
-                self.token_cost += c;
-            }
-        }
+        bucket[idx]
+            .1
+            .add(s, &mut self.totals, &mut self.tokens, &mut self.token_cost);
         self.totals.requests += 1;
     }
 
