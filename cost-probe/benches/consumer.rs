@@ -176,9 +176,9 @@ impl Replay {
     }
 
     /// One pass over the workload, as the consumer loop runs it: a drain of up to 256 events
-    /// (spans go to the meter as they finish), then a tick (which samples when an interval is due). Events are
-    /// stamped with the monotonic clock the kernel's would read (the sampler reads it too),
-    /// spread evenly since the previous drain.
+    /// (spans go to the meter as they finish), then a tick (which samples when an interval is
+    /// due). Events are stamped with the monotonic clock the kernel's would read (the sampler
+    /// reads it too), spread evenly since the previous drain.
     fn run(&mut self) {
         for chunk in self.data.chunks_mut(256) {
             let (from, to) = (self.now, monotonic_now().0);

@@ -66,8 +66,12 @@ impl WallClock {
 
     #[must_use]
     pub fn system_time(&self, mono_ns: u64) -> SystemTime {
-        let real = i128::from(mono_ns) + self.offset;
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(real.max(0)).unwrap_or(0))
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(self.unix_ns(mono_ns))
+    }
+
+    /// Nanoseconds since the Unix epoch (0 before it or past `u64`).
+    fn unix_ns(&self, mono_ns: u64) -> u64 {
+        u64::try_from((i128::from(mono_ns) + self.offset).max(0)).unwrap_or(0)
     }
 
     /// RFC 3339 UTC with nanoseconds.
@@ -80,8 +84,7 @@ impl WallClock {
     /// second is the one formatted last (records come in time order, a few per millisecond):
     /// no allocation on the per-request path.
     pub fn stamp(&self, mono_ns: u64, cache: &mut SecondCache) -> Stamp {
-        // As `system_time`, in integer nanoseconds.
-        let real = u64::try_from((i128::from(mono_ns) + self.offset).max(0)).unwrap_or(0);
+        let real = self.unix_ns(mono_ns);
         let (secs, nanos) = (real / 1_000_000_000, real % 1_000_000_000);
         if cache.secs != Some(secs) {
             let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);

@@ -69,6 +69,13 @@ pub struct GroupKey {
     pub tags: BTreeMap<String, String>,
 }
 
+impl GroupKey {
+    /// Whether this is the key of the borrowed fields (no owned key built to compare).
+    fn is(&self, path: Option<&str>, model: Option<&str>, tags: &BTreeMap<String, String>) -> bool {
+        self.path.as_deref() == path && self.model.as_deref() == model && &self.tags == tags
+    }
+}
+
 #[derive(Debug)]
 struct Group {
     count: u64,
@@ -221,9 +228,7 @@ impl Summary {
         let mut hash = key_hash(path, model, tags);
         // A known group (nearly every request): one lookup.
         if let Some(bucket) = self.groups.get_mut(&hash)
-            && let Some((_, g)) = bucket.iter_mut().find(|(k, _)| {
-                k.path.as_deref() == path && k.model.as_deref() == model && &k.tags == tags
-            })
+            && let Some((_, g)) = bucket.iter_mut().find(|(k, _)| k.is(path, model, tags))
         {
             g.add(s, &mut self.totals, &mut self.tokens, &mut self.token_cost);
             self.totals.requests += 1;
@@ -237,9 +242,7 @@ impl Summary {
             hash = key_hash(key.0, key.1, key.2);
         }
         let bucket = self.groups.entry(hash).or_default();
-        let idx = match bucket.iter().position(|(k, _)| {
-            k.path.as_deref() == key.0 && k.model.as_deref() == key.1 && &k.tags == key.2
-        }) {
+        let idx = match bucket.iter().position(|(k, _)| k.is(key.0, key.1, key.2)) {
             Some(i) => i,
             None => {
                 self.count += 1;
