@@ -21,9 +21,10 @@ use cost_probe::{
     },
     host::{ProcFs, Processes},
     output::{OutputTarget, Outputs, ndjson::NdjsonSink},
-    probe::OwnedEvent,
+    probe::{ConnId, OwnedEvent},
     rules::Rules,
     runtime::{Tracer, meter::Meter},
+    spans::{Limits, RequestSpan, SpanBuilder, SpanSink},
     units::{MicroJoules, Nanos, monotonic_now},
 };
 use criterion::{Criterion, Throughput, criterion_group};
@@ -104,14 +105,48 @@ impl EnergySource for Steady {
     }
 }
 
+/// What a pass runs the events through.
+enum Stage {
+    /// The consumer thread's whole work, as `attach` does it.
+    Whole(Box<Tracer>),
+    /// The span builder alone (HTTP parsing, framing, payload scanners), its spans dropped:
+    /// the part of the consumer's work that comes before the meter.
+    /// `COST_PROBE_BENCH_STAGE=spans` counts it.
+    Spans(SpanBuilder, Finished),
+}
+
+/// Counts the spans the builder finishes, and drops them.
+#[derive(Default)]
+struct Finished(u64);
+
+impl SpanSink for Finished {
+    fn started(&mut self, _: u64, _: ConnId, _: u64) {}
+    fn progress(&mut self, _: u64, _: u64, _: u32) {}
+    fn finished(&mut self, span: RequestSpan) {
+        self.0 += 1;
+        drop(span);
+    }
+}
+
+impl Stage {
+    fn on_event(&mut self, e: &OwnedEvent) {
+        match self {
+            Self::Whole(t) => t.on_event(&e.borrowed()),
+            Self::Spans(s, finished) => s.on_event(&e.borrowed(), finished),
+        }
+    }
+}
+
+const WARM_UP_PASSES: u64 = 20;
+
 struct Replay {
-    tracer: Tracer,
+    stage: Stage,
     data: Vec<OwnedEvent>,
     now: u64,
 }
 
 impl Replay {
-    fn new() -> Self {
+    fn new(spans_only: bool) -> Self {
         let rules = Rules::builtin().expect("built-in rules");
         let none = std::path::PathBuf::from("/nonexistent");
         let sampler = SamplerBuilder::new(Roots {
@@ -154,11 +189,16 @@ impl Replay {
         let (accepts, data) = workload();
         let now = monotonic_now().0;
         tracer.baseline(now);
+        let mut stage = if spans_only {
+            Stage::Spans(SpanBuilder::new(Limits::default()), Finished::default())
+        } else {
+            Stage::Whole(Box::new(tracer))
+        };
         for mut e in accepts {
             set_ts(&mut e, now);
-            tracer.on_event(&e.borrowed());
+            stage.on_event(&e);
         }
-        Self { tracer, data, now }
+        Self { stage, data, now }
     }
 
     /// One pass, counted: `cargo xtask bench instructions` has callgrind collect inside this
@@ -170,7 +210,7 @@ impl Replay {
 
     /// Past the first intervals (the ledger's learning, the first releases), uncounted.
     fn warm_up(&mut self) {
-        for _ in 0..20 {
+        for _ in 0..WARM_UP_PASSES {
             self.run();
         }
     }
@@ -186,24 +226,30 @@ impl Replay {
             for (i, e) in (1..).zip(chunk.iter_mut()) {
                 self.now = from + (to - from) * i / n;
                 set_ts(e, self.now);
-                self.tracer.on_event(&e.borrowed());
+                self.stage.on_event(e);
             }
-            self.tracer.tick(self.now).expect("writing the records");
+            if let Stage::Whole(t) = &mut self.stage {
+                t.tick(self.now).expect("writing the records");
+            }
         }
-        self.tracer.flush().expect("writing the records");
+        if let Stage::Whole(t) = &mut self.stage {
+            t.flush().expect("writing the records");
+        }
     }
 }
 
 fn bench(c: &mut Criterion<cpu_clock::ThreadCpu>) {
-    let mut replay = Replay::new();
-    let requests = replay.data.len() as u64 / 2;
-    replay.warm_up();
     let mut g = c.benchmark_group("consumer");
-    g.throughput(Throughput::Elements(requests));
     g.sample_size(20);
-    g.bench_function("nginx tiny requests (spans+meter+records)", |b| {
-        b.iter(|| replay.pass());
-    });
+    for (name, spans_only) in [
+        ("nginx tiny requests (spans+meter+records)", false),
+        ("nginx tiny requests (spans alone)", true),
+    ] {
+        let mut replay = Replay::new(spans_only);
+        replay.warm_up();
+        g.throughput(Throughput::Elements(replay.data.len() as u64 / 2));
+        g.bench_function(name, |b| b.iter(|| replay.pass()));
+    }
     g.finish();
 }
 
@@ -215,6 +261,9 @@ criterion_group! {
 /// Passes to count after the warm-up with `COST_PROBE_BENCH_PASSES=N` (see [`main`]).
 const PASSES: &str = "COST_PROBE_BENCH_PASSES";
 
+/// With [`PASSES`], `spans` counts the span builder alone (see [`Stage::Spans`]).
+const STAGE: &str = "COST_PROBE_BENCH_STAGE";
+
 /// Criterion's main, unless `COST_PROBE_BENCH_PASSES=N`: then a warm-up and N passes without
 /// criterion, printing the requests they carried, for `cargo xtask bench instructions` to run
 /// under callgrind.
@@ -223,12 +272,28 @@ fn main() {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        let mut replay = Replay::new();
+        let spans_only = match std::env::var(STAGE).as_deref() {
+            Ok("spans") => true,
+            Ok("whole") | Err(_) => false,
+            Ok(other) => {
+                eprintln!("{STAGE}={other:?}: expected spans or whole");
+                std::process::exit(2);
+            }
+        };
+        let mut replay = Replay::new(spans_only);
         replay.warm_up();
         for _ in 0..n {
             replay.pass();
         }
-        println!("requests {}", n * (replay.data.len() as u64 / 2));
+        let per_pass = replay.data.len() as u64 / 2;
+        if let Stage::Spans(_, Finished(spans)) = &replay.stage {
+            assert_eq!(
+                *spans,
+                (WARM_UP_PASSES + n) * per_pass,
+                "the span builder finished a span per request"
+            );
+        }
+        println!("requests {}", n * per_pass);
         return;
     }
     benches();

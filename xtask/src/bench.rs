@@ -62,19 +62,45 @@ const COUNTED_PASSES: u32 = 20;
 /// callgrind inside its `Replay::pass` only (after an uncounted warm-up). Unlike CPU time on
 /// these VMs, the count does not drift: it tells a change to the consumer's hot path from the
 /// machine's mood in one run. It leaves out what the count cannot see (cache misses, the ring,
-/// the kernel's side of `write(2)`); `overhead` measures those.
+/// the kernel's side of `write(2)`); `overhead` measures those. A second count runs the span
+/// builder alone on the same events, which splits the whole into what comes before the meter
+/// and what comes after it.
 fn instructions() -> anyhow::Result<()> {
     crate::apt_install(&["valgrind"])?;
-    let out_file = crate::workspace_root().join("target/callgrind.consumer.out");
+    let (whole, requests) = count_instructions("whole")?;
+    let (spans, _) = count_instructions("spans")?;
+    let per = |n: u64| n / requests.max(1);
+    let report = format!(
+        "consumer: {} instructions per request ({whole} over {requests} requests in \
+         {COUNTED_PASSES} passes; per function: callgrind_annotate --inclusive=yes {})\n\
+         \x20 spans alone (HTTP heads, framing, payload scanners): {}\n\
+         \x20 the rest (meter, ledger, pricing, tags, record, summary): {}",
+        per(whole),
+        callgrind_out("whole").display(),
+        per(spans),
+        per(whole.saturating_sub(spans)),
+    );
+    println!("{report}");
+    Ok(())
+}
+
+fn callgrind_out(stage: &str) -> std::path::PathBuf {
+    crate::workspace_root().join(format!("target/callgrind.consumer.{stage}.out"))
+}
+
+/// Instructions callgrind counts in `COUNTED_PASSES` passes of the consumer bench's `stage`,
+/// and the requests those passes carried.
+fn count_instructions(stage: &str) -> anyhow::Result<(u64, u64)> {
     let runner = format!(
         "target.'cfg(all())'.runner=['valgrind', '--tool=callgrind', \
          '--toggle-collect=consumer::Replay::pass', '--callgrind-out-file={}']",
-        out_file.display()
+        callgrind_out(stage).display()
     );
     let mut cmd = crate::cargo();
     cmd.args(["--config", &runner])
         .args(["bench", "-p", "cost-probe", "--bench", "consumer"])
-        .env("COST_PROBE_BENCH_PASSES", COUNTED_PASSES.to_string());
+        .env("COST_PROBE_BENCH_PASSES", COUNTED_PASSES.to_string())
+        .env("COST_PROBE_BENCH_STAGE", stage);
     eprintln!("+ {}", crate::show(&cmd));
     let out = cmd
         .output()
@@ -85,7 +111,7 @@ fn instructions() -> anyhow::Result<()> {
     );
     if !out.status.success() {
         bail!(
-            "the consumer bench under callgrind failed ({}):\n{stderr}",
+            "the consumer bench ({stage}) under callgrind failed ({}):\n{stderr}",
             out.status
         );
     }
@@ -107,13 +133,7 @@ fn instructions() -> anyhow::Result<()> {
         .filter_map(|(at, _)| number(&stderr[at..], "Collected"))
         .max()
         .context("callgrind printed no count")?;
-    println!(
-        "consumer: {} instructions per request ({collected} over {requests} requests in \
-         {COUNTED_PASSES} passes; per function: callgrind_annotate --inclusive=yes {})",
-        collected / requests.max(1),
-        out_file.display()
-    );
-    Ok(())
+    Ok((collected, requests))
 }
 
 /// CPU time (ns) of every thread of `pid`.
