@@ -11,6 +11,9 @@
 //! recorded from nginx) replayed on 64 connections as fast as the consumer takes them, stamped
 //! with the monotonic clock, with energy sampled every 100 ms from a steady 100 W domain. One
 //! iteration is 3,200 requests; throughput is requests per second of the thread's CPU.
+//!
+//! A second function runs the span builder alone on the same events ([`Stage::Spans`]): what
+//! the consumer spends before the meter, which splits the whole into its two halves.
 use std::time::Duration;
 
 use cost_probe::{
