@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use cost_probe_tests::{
     Attach, Client, Nginx, Proc,
     otlp::{Mode, Receiver},
@@ -68,7 +68,11 @@ const COUNTED_PASSES: u32 = 20;
 fn instructions() -> anyhow::Result<()> {
     crate::apt_install(&["valgrind"])?;
     let (whole, requests) = count_instructions("whole")?;
-    let (spans, _) = count_instructions("spans")?;
+    let (spans, spans_requests) = count_instructions("spans")?;
+    ensure!(
+        spans_requests == requests,
+        "the two stages carried different requests ({requests}, {spans_requests})"
+    );
     let per = |n: u64| n / requests.max(1);
     let report = format!(
         "consumer: {} instructions per request ({whole} over {requests} requests in \
