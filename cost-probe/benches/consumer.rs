@@ -150,6 +150,24 @@ struct Replay {
 
 impl Replay {
     fn new(spans_only: bool) -> Self {
+        let (accepts, data) = workload();
+        let now = monotonic_now().0;
+        let mut stage = if spans_only {
+            Stage::Spans(SpanBuilder::new(Limits::default()), Finished::default())
+        } else {
+            let mut tracer = Self::tracer();
+            tracer.baseline(now);
+            Stage::Whole(Box::new(tracer))
+        };
+        for mut e in accepts {
+            set_ts(&mut e, now);
+            stage.on_event(&e);
+        }
+        Self { stage, data, now }
+    }
+
+    /// The whole consumer: a steady energy source, the built-in rules, NDJSON to /dev/null.
+    fn tracer() -> Tracer {
         let rules = Rules::builtin().expect("built-in rules");
         let none = std::path::PathBuf::from("/nonexistent");
         let sampler = SamplerBuilder::new(Roots {
@@ -182,26 +200,13 @@ impl Replay {
             .map_or_else(|| "/dev/null".into(), Into::into);
         let sink = NdjsonSink::new(OutputTarget::File(out)).expect("opening the output");
         let outputs = Outputs::new(&rules, vec![Box::new(sink)], false);
-        let mut tracer = Tracer::new(
+        Tracer::new(
             &rules,
             meter,
             Processes::new(ProcFs::new(&none)),
             outputs,
             None,
-        );
-        let (accepts, data) = workload();
-        let now = monotonic_now().0;
-        tracer.baseline(now);
-        let mut stage = if spans_only {
-            Stage::Spans(SpanBuilder::new(Limits::default()), Finished::default())
-        } else {
-            Stage::Whole(Box::new(tracer))
-        };
-        for mut e in accepts {
-            set_ts(&mut e, now);
-            stage.on_event(&e);
-        }
-        Self { stage, data, now }
+        )
     }
 
     /// One pass, counted: `cargo xtask bench instructions` has callgrind collect inside this

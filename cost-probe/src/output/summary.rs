@@ -89,6 +89,7 @@ impl Group {
     /// One request's sample, here and in the run's totals.
     fn add(&mut self, s: Sample, totals: &mut Totals, tokens: &mut u64, token_cost: &mut f64) {
         self.count += 1;
+        totals.requests += 1;
         self.latency_ms.record(s.latency_ms);
         if let Some(e) = s.energy_j {
             self.energy_j
@@ -231,7 +232,6 @@ impl Summary {
             && let Some((_, g)) = bucket.iter_mut().find(|(k, _)| k.is(path, model, tags))
         {
             g.add(s, &mut self.totals, &mut self.tokens, &mut self.token_cost);
-            self.totals.requests += 1;
             return;
         }
         let mut key = (path, model, tags);
@@ -266,7 +266,6 @@ impl Summary {
         bucket[idx]
             .1
             .add(s, &mut self.totals, &mut self.tokens, &mut self.token_cost);
-        self.totals.requests += 1;
     }
 
     #[must_use]

@@ -226,17 +226,14 @@ impl Meter {
     /// Hands each released request to `f` with its energy, in the order they ended, and
     /// forgets it. By reference: a span is not moved out of the slab it was finished into.
     pub fn drain_released(&mut self, mut f: impl FnMut(&RequestSpan, &RequestEnergy)) {
-        let released = std::mem::take(&mut self.released);
-        for (slot, energy) in &released {
-            let held = &mut self.slab[*slot as usize];
+        for (slot, energy) in self.released.drain(..) {
+            let held = &mut self.slab[slot as usize];
             if let Some(span) = held.as_ref() {
-                f(span, energy);
+                f(span, &energy);
             }
             *held = None;
-            self.free.push(*slot);
+            self.free.push(slot);
         }
-        self.released = released;
-        self.released.clear();
     }
 
     fn tick(&mut self, all: bool) -> IntervalReport {
