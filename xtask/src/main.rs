@@ -17,6 +17,7 @@ mod deps;
 mod fuzz;
 mod gpu_check;
 mod hygiene;
+mod space;
 
 #[derive(Parser)]
 #[command(about = "cost-probe's build, test and demo tasks")]
@@ -315,6 +316,7 @@ fn test(filter: &[String]) -> anyhow::Result<()> {
     // Before setup, which would otherwise install through such a link (`.venv-llama`) and pass
     // here while failing in every fresh clone.
     hygiene::check_tree(&workspace_root())?;
+    space::ensure(&workspace_root(), "cargo xtask test", space::TEST)?;
     setup(true)?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     deps::run(Path::new(deps::SRC))?;
@@ -350,6 +352,7 @@ fn test(filter: &[String]) -> anyhow::Result<()> {
 }
 
 fn demo() -> anyhow::Result<()> {
+    space::ensure(&workspace_root(), "cargo xtask demo", space::DEMO)?;
     setup(false)?;
     build_release()?;
     // The records go to a file and the demo ends with `cost-probe report`'s table of them.
