@@ -2,13 +2,7 @@
 //! part-way through a build fails late and obscurely (the linker dies of SIGBUS once its
 //! memory-mapped output cannot grow), so the shortfall is said first, in one line.
 
-use std::{
-    ffi::CString,
-    fs,
-    mem::MaybeUninit,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
-    path::Path,
-};
+use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
 use anyhow::{Context as _, bail};
 
@@ -53,14 +47,7 @@ fn gib(bytes: u64) -> String {
 
 /// Bytes available to an unprivileged user on the file system holding `path`.
 fn available(path: &Path) -> std::io::Result<u64> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
-    let mut st = MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a NUL-terminated path and `st` a buffer of the type statvfs(3) fills.
-    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled `st`.
-    let st = unsafe { st.assume_init() };
+    let st = rustix::fs::statvfs(path)?;
     Ok(st.f_bavail * st.f_frsize)
 }
 
